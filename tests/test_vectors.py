@@ -28,12 +28,24 @@ def schedules(case: dict) -> tuple[PairSchedule, PairSchedule]:
     psk = keys.decode_key(case["psk_b64"]) if case["psk_b64"] else None
     cipher = CIPHER_IDS[case["cipher"]]
     ra, rb = tuple(case["port_range_a"]), tuple(case["port_range_b"])
-    sa = PairSchedule(keys.decode_key(a["private_key_b64"]),
-                      keys.decode_key(b["public_key_b64"]), psk, case["hop_ms"],
-                      cipher, ra, rb)
-    sb = PairSchedule(keys.decode_key(b["private_key_b64"]),
-                      keys.decode_key(a["public_key_b64"]), psk, case["hop_ms"],
-                      cipher, rb, ra)
+    sa = PairSchedule(
+        keys.decode_key(a["private_key_b64"]),
+        keys.decode_key(b["public_key_b64"]),
+        psk,
+        case["hop_ms"],
+        cipher,
+        ra,
+        rb,
+    )
+    sb = PairSchedule(
+        keys.decode_key(b["private_key_b64"]),
+        keys.decode_key(a["public_key_b64"]),
+        psk,
+        case["hop_ms"],
+        cipher,
+        rb,
+        ra,
+    )
     return sa, sb
 
 
@@ -97,8 +109,9 @@ def test_epoch_secrets_ports_and_direction_keys(case: dict) -> None:
 
 
 def packets(case: dict) -> list[tuple[str, dict]]:
-    return ([("a", p) for p in case["packets_a_to_b"]]
-            + [("b", p) for p in case["packets_b_to_a"]])
+    return [("a", p) for p in case["packets_a_to_b"]] + [
+        ("b", p) for p in case["packets_b_to_a"]
+    ]
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)

@@ -28,7 +28,7 @@ def seal(aead: AEAD, hp: CipherContext, h: int, plaintext: bytes) -> bytes:
 
 def unmask(hp: CipherContext, datagram: bytes) -> int:
     """The header h of a datagram at least MIN_DATAGRAM long."""
-    mask = int.from_bytes(hp.update(datagram[HEADER_LEN:HEADER_LEN + 16])[:8], "big")
+    mask = int.from_bytes(hp.update(datagram[HEADER_LEN : HEADER_LEN + 16])[:8], "big")
     return int.from_bytes(datagram[:HEADER_LEN], "big") ^ mask
 
 

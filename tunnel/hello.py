@@ -26,7 +26,7 @@ from .constants import (
 @dataclass(frozen=True, slots=True)
 class Hello:
     eph_public: bytes
-    peer_eph_seen: bytes      # zeros when unknown
+    peer_eph_seen: bytes  # zeros when unknown
     timestamp_ns: int
     please_answer: bool
 
@@ -37,8 +37,12 @@ def encode(hello: Hello, length: int | None = None) -> bytes:
         steps = (HELLO_MAX_LEN - HELLO_MIN_LEN) // PAD_TO + 1
         length = HELLO_MIN_LEN + PAD_TO * secrets.randbelow(steps)
     flags = HELLO_PLEASE_ANSWER if hello.please_answer else 0
-    body = (bytes((VERSION, flags, 0, 0)) + hello.eph_public + hello.peer_eph_seen
-            + hello.timestamp_ns.to_bytes(8, "big"))
+    body = (
+        bytes((VERSION, flags, 0, 0))
+        + hello.eph_public
+        + hello.peer_eph_seen
+        + hello.timestamp_ns.to_bytes(8, "big")
+    )
     return body + bytes(length - len(body))
 
 
@@ -47,8 +51,8 @@ def decode(plaintext: bytes) -> Hello | None:
     if len(plaintext) < HELLO_BODY_LEN or plaintext[0] != VERSION:
         return None
     return Hello(
-        eph_public=plaintext[4:4 + KEY_LEN],
-        peer_eph_seen=plaintext[4 + KEY_LEN:4 + 2 * KEY_LEN],
+        eph_public=plaintext[4 : 4 + KEY_LEN],
+        peer_eph_seen=plaintext[4 + KEY_LEN : 4 + 2 * KEY_LEN],
         timestamp_ns=int.from_bytes(plaintext[68:76], "big"),
         please_answer=bool(plaintext[1] & HELLO_PLEASE_ANSWER),
     )

@@ -36,7 +36,12 @@ def encode_key(raw: bytes) -> str:
 
 def generate_private() -> bytes:
     """A clamped X25519 private key, as `wg genkey` emits."""
-    raw = bytearray(os.urandom(KEY_LEN))
+    return clamp(os.urandom(KEY_LEN))
+
+
+def clamp(raw32: bytes) -> bytes:
+    """RFC 7748 clamping, so the stored key is the scalar actually used."""
+    raw = bytearray(raw32)
     raw[0] &= 248
     raw[31] = (raw[31] & 127) | 64
     return bytes(raw)

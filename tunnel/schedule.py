@@ -12,7 +12,12 @@ import hmac
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import (
+    Cipher,
+    CipherContext,
+    algorithms,
+    modes,
+)
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -38,7 +43,9 @@ def prf(key: bytes, *parts: bytes) -> bytes:
 
 
 def hkdf(ikm: bytes, salt: bytes, info: bytes) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=KEY_LEN, salt=salt, info=info).derive(ikm)
+    return HKDF(algorithm=hashes.SHA256(), length=KEY_LEN, salt=salt, info=info).derive(
+        ikm
+    )
 
 
 def u32(x: int) -> bytes:
@@ -66,8 +73,9 @@ class PairError(ValueError):
     """Static keys that cannot form a pair (all-zero DH, our own key)."""
 
 
-def derive_root(dh: bytes, psk: bytes, lo: bytes, hi: bytes, hop_ms: int,
-                cipher_id: int) -> bytes:
+def derive_root(
+    dh: bytes, psk: bytes, lo: bytes, hi: bytes, hop_ms: int, cipher_id: int
+) -> bytes:
     info = b"root" + lo + hi + u32(hop_ms) + bytes([cipher_id])
     return hkdf(dh + psk, ROOT_SALT, info)
 
@@ -102,11 +110,20 @@ class EpochKeys:
 class PairSchedule:
     """The schedule of one pair of hosts, seen from our side of it."""
 
-    def __init__(self, own_private: bytes, peer_public: bytes, psk: bytes | None,
-                 hop_ms: int, cipher_id: int, own_ports: tuple[int, int],
-                 peer_ports: tuple[int, int]) -> None:
+    def __init__(
+        self,
+        own_private: bytes,
+        peer_public: bytes,
+        psk: bytes | None,
+        hop_ms: int,
+        cipher_id: int,
+        own_ports: tuple[int, int],
+        peer_ports: tuple[int, int],
+    ) -> None:
         if not HOP_MS_MIN <= hop_ms <= HOP_MS_MAX:
-            raise PairError(f"hop interval {hop_ms} ms outside {HOP_MS_MIN}..{HOP_MS_MAX}")
+            raise PairError(
+                f"hop interval {hop_ms} ms outside {HOP_MS_MIN}..{HOP_MS_MAX}"
+            )
         own_public = keys.public_from_private(own_private)
         if own_public == peer_public:
             raise PairError("the peer's public key is our own")
@@ -124,15 +141,16 @@ class PairSchedule:
         self.cipher_id = cipher_id
         self.own_ports = own_ports
         self.peer_ports = peer_ports
-        self.root = derive_root(dh, psk or bytes(KEY_LEN), self.lo, self.hi, hop_ms,
-                                cipher_id)
+        self.root = derive_root(
+            dh, psk or bytes(KEY_LEN), self.lo, self.hi, hop_ms, cipher_id
+        )
         self.phase_ms = int.from_bytes(prf(self.root, b"phase")[:4], "big") % hop_ms
         self.side = LO if self.is_lo else HI
         self.send_dir = LO_TO_HI if self.is_lo else HI_TO_LO
         self.recv_dir = HI_TO_LO if self.is_lo else LO_TO_HI
         self._epochs: dict[int, EpochKeys] = {}
 
-    # -- time ---------------------------------------------------------------------
+    # -- time --
 
     def epoch_at(self, t_ms: int) -> int:
         return (t_ms - self.phase_ms) // self.hop_ms
@@ -170,8 +188,12 @@ class PairSchedule:
         secret = self.epoch_secret(n)
         local_port, remote_port = self._ports_from(secret)
         return EpochKeys(
-            epoch=n, secret=secret, local_port=local_port, remote_port=remote_port,
-            send_dir=self.send_dir, recv_dir=self.recv_dir,
+            epoch=n,
+            secret=secret,
+            local_port=local_port,
+            remote_port=remote_port,
+            send_dir=self.send_dir,
+            recv_dir=self.recv_dir,
             send_hp=make_hp(hp_key(secret, self.send_dir)),
             recv_hp=make_hp(hp_key(secret, self.recv_dir)),
             send_hello=make_aead(self.cipher_id, hello_key(secret, self.send_dir)),
@@ -182,7 +204,9 @@ class PairSchedule:
         k = self.keys(n)
         aead = k.send_data.get(session_secret)
         if aead is None:
-            aead = make_aead(self.cipher_id, data_key(k.secret, k.send_dir, session_secret))
+            aead = make_aead(
+                self.cipher_id, data_key(k.secret, k.send_dir, session_secret)
+            )
             k.send_data[session_secret] = aead
         return aead
 
@@ -190,7 +214,9 @@ class PairSchedule:
         k = self.keys(n)
         aead = k.recv_data.get(session_secret)
         if aead is None:
-            aead = make_aead(self.cipher_id, data_key(k.secret, k.recv_dir, session_secret))
+            aead = make_aead(
+                self.cipher_id, data_key(k.secret, k.recv_dir, session_secret)
+            )
             k.recv_data[session_secret] = aead
         return aead
 
@@ -205,10 +231,11 @@ class PairSchedule:
             k.send_data.pop(session_secret, None)
             k.recv_data.pop(session_secret, None)
 
-    # -- sessions ---------------------------------------------------------------------
+    # -- sessions --
 
-    def session_secret(self, own_eph_private: bytes, own_eph_public: bytes,
-                       peer_eph_public: bytes) -> bytes | None:
+    def session_secret(
+        self, own_eph_private: bytes, own_eph_public: bytes, peer_eph_public: bytes
+    ) -> bytes | None:
         """S for our ephemeral and the peer's; None for a low-order peer ephemeral."""
         try:
             shared = keys.x25519(own_eph_private, peer_eph_public)
