@@ -86,6 +86,7 @@ class Peer:
         self.last_answer_ns = -HELLO_ANSWER_INTERVAL_NS
         self.last_unknown_ns = -UNKNOWN_SESSION_HELLO_NS
         self.session_since_ns: int | None = None
+        self.rx_session: Session | None = None  # the last to open data
         self.stats = PeerStats()
 
     # -- inputs --
@@ -101,7 +102,7 @@ class Peer:
             return
         if len(self.pending) >= PENDING_PACKETS_MAX:
             self.pending.popleft()
-            self._drop(out, "no_session")
+            self.drop(out, "no_session")
         self.pending.append(packet)
         self._maybe_hello(now_ns, out)
 
@@ -110,7 +111,7 @@ class Peer:
     ) -> None:
         """A datagram from the socket of the peer's 4-tuple for these epochs."""
         if len(dgram) < MIN_DATAGRAM:
-            self._drop(out, "short")
+            self.drop(out, "short")
             return
         clock_epoch = self.schedule.epoch_at(now_ns // MS)
         seen_data = False
@@ -126,7 +127,7 @@ class Peer:
                 seen_data = True
                 if self._data_in(dgram, h, epoch, now_ns, out):
                     return
-        self._drop(out, "auth")
+        self.drop(out, "auth")
         if seen_data:
             self._unknown_session(now_ns, out)
 
@@ -203,18 +204,18 @@ class Peer:
             return False
         msg = hello.decode(plaintext)
         if msg is None:
-            self._drop(out, "hello_version")
+            self.drop(out, "hello_version")
             return True
         offset = msg.timestamp_ns - now_ns
         if abs(offset) > self.schedule.hop_ms * MS:
             self.stats.rejected_offset_ns = offset
-            self._drop(out, "hello_clock")
+            self.drop(out, "hello_clock")
             return True
         if msg.timestamp_ns <= self.last_hello_ts:
-            self._drop(out, "hello_stale")
+            self.drop(out, "hello_stale")
             return True
         if msg.eph_public != self.peer_eph and not self._learn(msg, now_ns):
-            self._drop(out, "hello_ephemeral")
+            self.drop(out, "hello_ephemeral")
             return True
         self._accept_hello(msg, offset, now_ns, out)
         return True
@@ -315,19 +316,20 @@ class Peer:
             if plaintext is None:
                 continue
             if not session.accept(epoch, counter):
-                self._drop(out, "replay")
+                self.drop(out, "replay")
                 return True
-            self._opened(session, plaintext, len(dgram), now_ns, out)
+            self.opened(session, plaintext, len(dgram), now_ns, out)
             return True
         return False
 
-    def _opened(
+    def opened(
         self, session: Session, plaintext: bytes, size: int, now_ns: int, out: Output
     ) -> None:
         """An authentic, fresh data datagram: confirm its session, deliver."""
         self.stats.rx_bytes += size
         self.stats.rx_datagrams += 1
         self.stats.last_rx_ns = now_ns
+        self.rx_session = session
         if session.peer_eph == self.peer_eph:
             self._set_knows(session.own, now_ns, reset=False)
             self._choose_sealing(now_ns, out)
@@ -336,11 +338,11 @@ class Peer:
         session.last_data_ns = now_ns
         length = datagram.inner_length(plaintext)
         if length is None:
-            self._drop(out, "control")
+            self.drop(out, "control")
         elif length > len(plaintext) or length < 20:
-            self._drop(out, "length")
+            self.drop(out, "length")
         elif self.routes.lookup_src(plaintext) is not self:
-            self._drop(out, "source")
+            self.drop(out, "source")
         else:
             out.tun.append(plaintext[:length] if length < len(plaintext) else plaintext)
 
@@ -403,8 +405,10 @@ class Peer:
         if self.sealing is session:
             self.sealing = None
             self.session_since_ns = None
+        if self.rx_session is session:
+            self.rx_session = None
 
-    def _drop(self, out: Output, reason: str) -> None:
+    def drop(self, out: Output, reason: str) -> None:
         out.drop = reason
         self.stats.drops[reason] = self.stats.drops.get(reason, 0) + 1
 
