@@ -1,0 +1,258 @@
+"""The I/O shell: moves packets between the TUN device, the peers' hop sockets and
+the protocol core, on an asyncio event loop (uvloop in the agent).
+
+Three kinds of wakeup, each handled in one pass:
+
+- the TUN descriptor is readable: read packets until EAGAIN (at most IO_BATCH),
+  hand each to `node.on_tun_packet`, then carry out the Output;
+- a hop socket is readable: the same with `sock.recv` and `node.on_datagram`,
+  passing the epochs that socket's 4-tuple stands for;
+- the one timer: `node.on_timer`, the sockets' make-before-break step, and the
+  timer re-armed at the earliest of the node's deadline and the next socket hop.
+
+Readers are raw-descriptor callbacks (`loop.add_reader`), not asyncio protocols,
+so a wakeup drains a batch with no per-packet Future or callback; the Output of a
+whole batch is carried out at once in `flush`, which is where batched sends
+(UDP_SEGMENT) and TUN superpackets will plug in. No protocol logic lives here:
+the core decides what to seal, open, drop and send; the shell counts only what
+the kernel refuses (a send answered by ICMP unreachable, a full TUN queue).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+
+from .constants import IO_BATCH, RECV_BUFFER, TUN_READ_MAX
+from .node import Node
+from .output import Output
+from .peer import Peer
+from .sockets import Address, HopSocket, PeerSockets
+from .tun import Tun
+
+log = logging.getLogger("hopr-tunnel.dataplane")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+PortHook = Callable[[Peer, int, OSError], None]  # (peer, our port, bind error)
+MS = 1_000_000
+TIMER_MAX_S = 1.0  # re-read the wall clock at least this often (clock steps)
+DEBUG_EVERY_NS = 10**9  # per-packet DEBUG lines: at most one a second
+
+
+class IOErrors:
+    """What the kernel refused, by where and errno name, for `show`."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def count(self, where: str, exc: OSError) -> None:
+        key = f"{where}_{errno.errorcode.get(exc.errno or 0, 'error').lower()}"
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+
+class DataPlane:
+    def __init__(
+        self,
+        node: Node,
+        tun: Tun,
+        listen: Address,
+        loop: asyncio.AbstractEventLoop,
+        on_port_taken: PortHook | None = None,
+    ) -> None:
+        self.node = node
+        self.on_port_taken = on_port_taken
+        self.tun = tun
+        self.listen = listen
+        self.loop = loop
+        self.sockets: dict[str, PeerSockets] = {}
+        self.peer_errors: dict[str, IOErrors] = {}
+        self.tun_errors = IOErrors()
+        self.out = Output()
+        self._timer: asyncio.TimerHandle | None = None
+        self._armed_ns = 0
+        self._debug_ns = 0
+        self.running = False
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.running = True
+        self.loop.add_reader(self.tun.fd, self._on_tun)
+        self._on_timer()
+
+    def close(self) -> None:
+        """Stop reading and close every socket; the TUN stays the caller's."""
+        self.running = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.loop.remove_reader(self.tun.fd)
+        for peer_sockets in self.sockets.values():
+            peer_sockets.close()
+        self.sockets.clear()
+
+    # -- peers -----------------------------------------------------------------------
+
+    def add_peer(
+        self,
+        name: str,
+        public_key: bytes,
+        psk: bytes | None,
+        peer_ports: tuple[int, int],
+        allowed_ips: Iterable[Network],
+        endpoint: Address,
+    ) -> Peer:
+        """Add a peer to the core, open its sockets, send its first hello."""
+        now_ns = time.time_ns()
+        out = self.out
+        peer = self.node.add_peer(
+            name, public_key, psk, peer_ports, allowed_ips, now_ns, out
+        )
+        self.peer_errors[name] = IOErrors()
+        peer_sockets = PeerSockets(
+            peer.schedule,
+            self.listen,
+            endpoint,
+            on_open=lambda hop: self._watch(peer, hop),
+            on_close=self._unwatch,
+            on_bind_error=lambda port, exc: self._bind_failed(peer, port, exc),
+        )
+        self.sockets[name] = peer_sockets
+        peer_sockets.update(now_ns // MS)
+        self.flush(out)
+        self._arm(self.node.next_deadline_ns(now_ns))
+        return peer
+
+    def remove_peer(self, name: str) -> None:
+        self.node.remove_peer(name)
+        self.sockets.pop(name).close()
+        self.peer_errors.pop(name, None)
+
+    def set_listen(self, listen: Address) -> None:
+        """Rebind every peer's sockets on a new listen address; sessions stay."""
+        self.listen = listen
+        now_ms = time.time_ns() // MS
+        for peer_sockets in self.sockets.values():
+            peer_sockets.close()
+            peer_sockets.listen = listen
+            peer_sockets.retry_ms.clear()
+            peer_sockets.update(now_ms)
+
+    def _bind_failed(self, peer: Peer, port: int, exc: OSError) -> None:
+        self.peer_errors[peer.name].count("bind", exc)
+        if self.on_port_taken is not None:
+            self.on_port_taken(peer, port, exc)
+
+    # -- readers ---------------------------------------------------------------------
+
+    def _watch(self, peer: Peer, hop: HopSocket) -> None:
+        self.loop.add_reader(hop.sock.fileno(), self._on_datagrams, peer, hop)
+
+    def _unwatch(self, hop: HopSocket) -> None:
+        self.loop.remove_reader(hop.sock.fileno())
+
+    def _on_tun(self) -> None:
+        node, out, fd = self.node, self.out, self.tun.fd
+        now_ns = time.time_ns()
+        for _ in range(IO_BATCH):
+            try:
+                packet = os.read(fd, TUN_READ_MAX)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                self.tun_errors.count("read", exc)
+                break
+            node.on_tun_packet(packet, now_ns, out)
+            if out.drop is not None:
+                self._debug_drop(None, out.drop, now_ns)
+        self.flush(out)
+        self._arm(node.next_deadline_ns(now_ns))
+
+    def _on_datagrams(self, peer: Peer, hop: HopSocket) -> None:
+        node, out, sock = self.node, self.out, hop.sock
+        now_ns = time.time_ns()
+        for _ in range(IO_BATCH):
+            try:
+                dgram = sock.recv(RECV_BUFFER)
+            except BlockingIOError:
+                break
+            except OSError as exc:  # e.g. ECONNREFUSED: ICMP for an earlier send
+                self.peer_errors[peer.name].count("recv", exc)
+                continue
+            node.on_datagram(peer, hop.epochs, dgram, now_ns, out)
+            if out.drop is not None:
+                self._debug_drop(peer, out.drop, now_ns)
+        self.flush(out)
+        self._arm(node.next_deadline_ns(now_ns))
+
+    def _debug_drop(self, peer: Peer | None, reason: str, now_ns: int) -> None:
+        self.out.drop = None
+        if now_ns - self._debug_ns >= DEBUG_EVERY_NS and log.isEnabledFor(
+            logging.DEBUG
+        ):
+            self._debug_ns = now_ns
+            who = "no peer" if peer is None else f"peer {peer.name}"
+            log.debug("%s: dropped a packet from %s: %s", self.tun.name, who, reason)
+
+    # -- output ----------------------------------------------------------------------
+
+    def flush(self, out: Output) -> None:
+        """Carry out a batch's Output: TUN writes, then datagrams to peers."""
+        fd = self.tun.fd
+        for packet in out.tun:
+            try:
+                os.write(fd, packet)
+            except OSError as exc:
+                self.tun_errors.count("write", exc)
+        sockets = self.sockets
+        for peer, epoch, dgram in out.send:
+            peer_sockets = sockets.get(peer.name)
+            sock = None if peer_sockets is None else peer_sockets.socket_for(epoch)
+            if sock is None:
+                self._count_no_socket(peer)
+                continue
+            try:
+                sock.send(dgram)
+            except OSError as exc:  # ECONNREFUSED, ENOBUFS, EAGAIN: a lost datagram
+                self.peer_errors[peer.name].count("send", exc)
+        out.clear()
+
+    def _count_no_socket(self, peer: Peer) -> None:
+        errors = self.peer_errors.get(peer.name)
+        if errors is not None:
+            errors.counts["send_no_socket"] = errors.counts.get("send_no_socket", 0) + 1
+
+    # -- the timer -------------------------------------------------------------------
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._armed_ns = 0
+        if not self.running:
+            return
+        now_ns = time.time_ns()
+        self.node.on_timer(now_ns, self.out)
+        for peer_sockets in self.sockets.values():
+            peer_sockets.update(now_ns // MS)
+        self.flush(self.out)
+        self._arm(self.next_deadline_ns(now_ns))
+
+    def next_deadline_ns(self, now_ns: int) -> int:
+        deadline = self.node.next_deadline_ns(now_ns)
+        for peer_sockets in self.sockets.values():
+            deadline = min(deadline, peer_sockets.next_change_ms(now_ns // MS) * MS)
+        return deadline
+
+    def _arm(self, deadline_ns: int) -> None:
+        """Keep the one timer at the earliest deadline asked for."""
+        if self._timer is not None and self._armed_ns <= deadline_ns:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        delay_s = min(max(deadline_ns - time.time_ns(), 0) / 1e9, TIMER_MAX_S)
+        self._armed_ns = deadline_ns
+        self._timer = self.loop.call_later(delay_s, self._on_timer)
