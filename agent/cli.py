@@ -332,5 +332,73 @@ def mesh(inventory: Path, out_dir: Path, psk: bool, name: str) -> None:
 # ConfigError or UserError for the user's mistakes and let _Group report them.
 
 
+@main.command()
+@click.argument("config", type=click.Path(path_type=Path))
+@click.option(
+    "--detach", is_flag=True, help="Run in the background; return once it is up."
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+    help="Least severe log level written to stderr.",
+)
+@click.option(
+    "--log-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="With --detach: append logs here once up (default: discard them).",
+)
+def up(config: Path, detach: bool, log_level: str, log_file: Path | None) -> int:
+    """Bring up the tunnel of CONFIG and run it until SIGTERM or `down`.
+
+    In the foreground (as systemd runs it) unless --detach. SIGHUP re-reads
+    CONFIG: peers added, removed or changed are applied, the others keep going.
+    """
+    from .daemon import StartError
+    from .daemon import up as run_up
+
+    try:
+        return run_up(config, detach, log_level, log_file)
+    except StartError as exc:
+        raise UserError(str(exc)) from None
+
+
+@main.command()
+@click.argument("iface", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def show(iface: str | None, as_json: bool) -> None:
+    """Show the running tunnel IFACE, or every one in this network namespace.
+
+    Per peer, like `wg show`: endpoint, epoch and ports now, next hop, session,
+    latest hello and datagram, transfer, drops by reason and clock offset.
+    """
+    from .control import ControlError, statuses
+    from .show import render
+
+    try:
+        found = statuses(iface)
+    except ControlError as exc:
+        raise UserError(f"{exc}.") from None
+    if as_json:
+        click.echo(json.dumps({"interfaces": found}, indent=2))
+    else:
+        click.echo("\n\n".join("\n".join(render(s)) for s in found))
+
+
+@main.command()
+@click.argument("target", metavar="IFACE|CONFIG")
+def down(target: str) -> None:
+    """Stop the tunnel IFACE (or the one CONFIG names) and wait until it is gone."""
+    from .control import ControlError, stop
+
+    is_config = target.endswith(".toml") or os.sep in target
+    ifname = load(target).interface.name if is_config else target
+    try:
+        stop(ifname)
+    except ControlError as exc:
+        raise UserError(f"{exc}.") from None
+
+
 if __name__ == "__main__":  # keep last: `python -m agent.cli` sees every command
     main()
