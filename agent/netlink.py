@@ -65,6 +65,7 @@ class Link:
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="netlink")
         self.addresses: tuple[Interface, ...] = ()
         self.routes: set[Network] = set()
+        self.closed = False
         try:
             self.index = self._open()
         except BaseException:
@@ -113,8 +114,11 @@ class Link:
 
     def close(self) -> None:
         """Remove our routes (best effort: the device may be gone already)."""
+        if self.closed:
+            return
         self._close()
         self.worker.shutdown()
+        self.closed = True
 
     @_on_worker
     def _close(self) -> None:
