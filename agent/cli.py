@@ -400,5 +400,52 @@ def down(target: str) -> None:
         raise UserError(f"{exc}.") from None
 
 
+# -- demo ---------------------------------------------------------------------------
+
+
+def _hop_ms(ctx: click.Context, param: click.Parameter, text: str) -> int:
+    from .config_values import Table, hop_ms
+
+    try:
+        return hop_ms(Table({"hop_interval": text}, Path("--hop"), 0, "", {}), 0)
+    except ConfigError:
+        raise click.BadParameter(
+            f'"{text}" is not a hop interval from 1s to 1h; write it like "2s"'
+        ) from None
+
+
+@main.command()
+@click.option(
+    "--hop",
+    "hop_ms",
+    default="2s",
+    show_default=True,
+    callback=_hop_ms,
+    help='Hop interval of the demo mesh, like "1s" or "1500ms".',
+)
+@click.option(
+    "--duration",
+    "duration_s",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Stop after SECONDS instead of at Ctrl-C, for scripts and tests.",
+)
+def demo(hop_ms: int, duration_s: float | None) -> int:
+    """Run three hosts in network namespaces on this machine (needs root).
+
+    Builds the hosts and their underlay, writes their keys and configs, starts
+    an agent on each, pings across every pair and shows each pair's epoch and
+    ports changing at every hop, with pings and bytes, until Ctrl-C. Then it
+    stops the agents and removes everything it made. When stdout is not a
+    terminal, it prints one line per pair at each refresh instead.
+    """
+    from .demo import DemoError, run
+
+    try:
+        return run(hop_ms, duration_s, sys.stdout)
+    except DemoError as exc:
+        raise UserError(str(exc)) from None
+
+
 if __name__ == "__main__":  # keep last: `python -m agent.cli` sees every command
     main()
