@@ -406,12 +406,12 @@ class Lab:
                 raise AssertionError(
                     f"agent {host.name} exited with status "
                     f"{host.proc.returncode} before it was ready:\n"
-                    f"{self.log_text(host, offset)}"
+                    f"{self.log_text(host, offset)[-3000:]}"
                 )
             time.sleep(0.01)
         raise AssertionError(
             f"agent {host.name} logged no ready line within "
-            f"{READY_TIMEOUT_S} s:\n{self.log_text(host, offset)}"
+            f"{READY_TIMEOUT_S} s:\n{self.log_text(host, offset)[-3000:]}"
         )
 
     def log_text(self, host: Host, offset: int = 0) -> str:
