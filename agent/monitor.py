@@ -10,8 +10,10 @@ outside and says what changed:
 - WARNING when a peer's clock is off by more than a quarter hop (by its last
   accepted hello), or when a hello was refused because its clock is off by more
   than a hop;
-- WARNING, once, when datagrams arrive from a peer but none opens and no hello
-  was ever accepted: the two ends disagree on a key, psk, hop_interval or cipher.
+- WARNING, once per peer, when it has accepted none of our hellos for
+  UNANSWERED_WARN_S, or sooner when datagrams arrive from it but none opens: it is
+  down or unreachable, or the two configs disagree (a mismatch in key, psk,
+  hop_interval or cipher moves the ports too, so usually nothing arrives at all).
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .logs import RateLimit
-from .show import NO_HELLO_HINT
 
 if TYPE_CHECKING:
     from tunnel.peer import Peer
@@ -32,6 +33,7 @@ MS = 1_000_000
 LOST_AFTER_HOPS = 3
 IDLE_GRACE_S = 10  # a peer answering only every 10 s (TCP keepalives...) is alive
 CLOCK_WARN_EVERY_S = 300.0  # one clock warning per peer per 5 minutes
+UNANSWERED_WARN_S = 30  # a peer booting at the same time answers well within this
 
 
 @dataclass(slots=True)
@@ -40,6 +42,7 @@ class PeerWatch:
     last_heard_ns: int | None = None
     sent_at_heard: int = 0  # our datagrams and hellos sent when we last heard it
     mismatch_said: bool = False
+    first_hello_ns: int | None = None  # when we first saw a hello of ours sent
     refused_seen: int | None = None
 
 
@@ -57,7 +60,7 @@ class Monitor:
         self._heard(peer, watch)
         self._reachability(peer, watch, now_ns)
         self._clock(peer, watch)
-        self._mismatch(peer, watch)
+        self._unanswered(peer, watch, now_ns)
 
     def reachable_count(self) -> int:
         return sum(w.reachable for w in self.watches.values())
@@ -119,15 +122,25 @@ class Monitor:
                     refused / 1e9,
                 )
 
-    def _mismatch(self, peer: Peer, watch: PeerWatch) -> None:
+    def _unanswered(self, peer: Peer, watch: PeerWatch, now_ns: int) -> None:
         stats = peer.stats
-        if watch.mismatch_said or stats.hellos_accepted:
+        if stats.hellos_sent and watch.first_hello_ns is None:
+            watch.first_hello_ns = now_ns
+        if watch.mismatch_said or stats.hellos_accepted or watch.first_hello_ns is None:
             return
-        if stats.drops.get("auth", 0) >= 3:
+        garbled = stats.drops.get("auth", 0) >= 3
+        waited_ns = now_ns - watch.first_hello_ns
+        if garbled or waited_ns >= UNANSWERED_WARN_S * 10**9:
             watch.mismatch_said = True
+            what = (
+                "datagrams arrive from it but none opens"
+                if garbled
+                else f"it has answered none of our hellos in {waited_ns / 1e9:.0f} s"
+            )
             log.warning(
-                "%s: datagrams arrive from peer %s but none opens; %s",
+                "%s: peer %s: %s; it is down or unreachable, or its config and ours "
+                "disagree: check its public key, psk, hop_interval, cipher and clock",
                 self.ifname,
                 peer.name,
-                NO_HELLO_HINT.removeprefix("no hello accepted from this peer: "),
+                what,
             )

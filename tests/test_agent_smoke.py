@@ -208,3 +208,17 @@ def test_a_refused_reload_keeps_the_tunnel_running(pair: tuple[Side, Side]) -> N
     a.proc.send_signal(signal.SIGHUP)
     done = a.run("ping", "-c", "10", "-i", "0.05", "-W", "2", "100.64.0.2", check=False)
     assert "10 received" in done.stdout and "reload refused" in a.log.read_text()
+
+
+@pytest.mark.netns
+def test_up_detach_returns_once_ready_and_down_stops_it(
+    pair: tuple[Side, Side],
+) -> None:
+    a, _ = pair
+    try:
+        done = a.run(*HOPR, "up", str(a.config), "--detach", check=False)
+        assert done.returncode == 0, done.stderr
+        assert a.show()["name"] == a.ifname  # the control socket answers at once
+    finally:
+        a.run(*HOPR, "down", a.ifname, check=False)
+    assert a.run("ip", "link", "show", a.ifname, check=False).returncode != 0
