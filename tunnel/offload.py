@@ -1,0 +1,507 @@
+"""Superpackets from a TUN device with offloads, split into wire packets and back.
+
+With IFF_VNET_HDR and TUNSETOFFLOAD the kernel hands a TUN reader one large
+"superpacket" per system call instead of one MTU-sized packet, each prefixed by a
+virtio-net header, and accepts such superpackets on write. The protocol carries
+only complete packets (PROTOCOL.md, "Data": checksums filled in, no larger than
+the tunnel MTU), so the send side splits each superpacket here, and the receive
+side merges the segments of a TCP flow back into one superpacket so that one TUN
+write delivers many of them.
+
+The virtio-net header (struct virtio_net_hdr, 10 bytes, host byte order: TUN is
+used without TUNSETVNETLE/TUNSETVNETBE, so on a little-endian host it is LE):
+
+    u8  flags        NEEDS_CSUM (1): the L4 checksum is partial, see below;
+                     DATA_VALID (2): the checksum was already verified
+    u8  gso_type     NONE 0, TCPV4 1, UDP 3 (UFO, never enabled by us), TCPV6 4,
+                     UDP_L4 5 (USO); bit 0x80 (ECN) marks a TCP flow using ECN
+    u16 hdr_len      a hint only: Linux fills in the linear part of its buffer,
+                     which may include payload, so header lengths are read from
+                     the packet itself
+    u16 gso_size     payload bytes per segment (the MSS for TCP)
+    u16 csum_start   offset of the L4 header from the start of the IP packet
+    u16 csum_offset  offset of the checksum field inside the L4 header
+
+NEEDS_CSUM means the checksum field holds the pseudo-header sum, folded but not
+inverted; the full checksum is the inverted ones' complement sum from csum_start
+to the end. Split segments each get their own IP length, IPv4 id (+1 per
+segment) and header checksum, TCP sequence number and full L4 checksum; FIN and
+PSH stay on the last segment, CWR on the first, as in the kernel's own GSO. UDP
+(USO) segments become separate datagrams, each with its own length and checksum.
+
+Checksums are ones' complement sums of 16-bit words (RFC 1071), which are byte
+order independent: the per-segment payload sums come from one numpy reduction
+over little-endian words, byte-swapped once per segment, and the share of the
+headers that all segments have in common is summed once per superpacket.
+
+Merged superpackets are written with NEEDS_CSUM and the pseudo-header sum, the
+form the kernel's own GRO hands up; the AEAD has already authenticated every byte,
+so the kernel need not verify the inner checksum again.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+# -- The virtio-net header ----------------------------------------------------------
+
+VNET_HDR = struct.Struct("=BBHHHH")
+VNET_HDR_LEN = VNET_HDR.size  # 10
+ZERO_VNET_HDR = bytes(VNET_HDR_LEN)
+
+F_NEEDS_CSUM = 1
+F_DATA_VALID = 2
+GSO_NONE = 0
+GSO_TCPV4 = 1
+GSO_UDP = 3
+GSO_TCPV6 = 4
+GSO_UDP_L4 = 5
+GSO_ECN = 0x80
+
+MAX_SUPERPACKET = 65_535  # IPv4 total length and IPv6 payload length are u16
+
+IPPROTO_TCP = 6
+IPPROTO_UDP = 17
+TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH = 0x01, 0x02, 0x04, 0x08
+TCP_ACK, TCP_URG, TCP_ECE, TCP_CWR = 0x10, 0x20, 0x40, 0x80
+TCP_CSUM_OFFSET = 16
+UDP_CSUM_OFFSET = 6
+UDP_HEADER_LEN = 8
+
+BytesLike = bytes | bytearray | memoryview
+
+
+class MalformedPacket(ValueError):
+    """A superpacket or header no kernel would hand us: the caller drops it."""
+
+
+@dataclass(frozen=True, slots=True)
+class VnetHdr:
+    flags: int = 0
+    gso_type: int = GSO_NONE
+    hdr_len: int = 0
+    gso_size: int = 0
+    csum_start: int = 0
+    csum_offset: int = 0
+
+    def pack(self) -> bytes:
+        return VNET_HDR.pack(
+            self.flags, self.gso_type, self.hdr_len,
+            self.gso_size, self.csum_start, self.csum_offset,
+        )  # fmt: skip
+
+    @classmethod
+    def unpack(cls, data: BytesLike) -> VnetHdr:
+        if len(data) < VNET_HDR_LEN:
+            raise MalformedPacket("virtio-net header shorter than 10 bytes")
+        return cls(*VNET_HDR.unpack_from(data))
+
+
+# -- Ones' complement arithmetic ----------------------------------------------------
+#
+# Since 2**16 == 1 (mod 0xffff), a ones' complement sum of 16-bit words is the
+# residue modulo 0xffff of any sum congruent to it, and a byte-swapped word is
+# the word times 256. Sums here are plain integers congruent to the word sum; the
+# checksum of a total s > 0 (every pseudo-header and IP header is) is -s % 0xffff,
+# which matches the folded RFC 1071 result, 0 included.
+
+
+def ones_sum(data: BytesLike) -> int:
+    """The ones' complement sum of data's big-endian words (odd tail padded)."""
+    if len(data) & 1:
+        data = bytes(data) + b"\0"
+    return int.from_bytes(data, "big") % 0xFFFF
+
+
+def checksum(data: BytesLike) -> int:
+    """The Internet checksum of data (RFC 1071), for data that is not all zero."""
+    return -ones_sum(data) % 0xFFFF
+
+
+def segment_sums(payload: memoryview, seg_len: int) -> list[int]:
+    """A sum congruent to ones_sum of each seg_len slice (the last may be shorter)."""
+    n = len(payload)
+    full = n // seg_len
+    if seg_len & 1 or full < 4:
+        return [ones_sum(payload[i : i + seg_len]) for i in range(0, n, seg_len)]
+    words = np.frombuffer(payload, dtype="<u2", count=full * seg_len // 2)
+    # uint32 cannot overflow: at most 32767 words of at most 0xffff each. The
+    # words are read little-endian (no byte swap per word); << 8 turns each sum
+    # into one congruent to the big-endian word sum.
+    little = words.reshape(full, seg_len // 2).sum(axis=1, dtype=np.uint32)
+    sums: list[int] = (little.astype(np.uint64) << np.uint64(8)).tolist()
+    if n > full * seg_len:
+        sums.append(ones_sum(payload[full * seg_len :]))
+    return sums
+
+
+def _pseudo_sum(packet: BytesLike, proto: int) -> int:
+    """The pseudo-header's addresses and protocol; callers add the L4 length."""
+    if packet[0] >> 4 == 4:
+        return ones_sum(packet[12:20]) + proto
+    return ones_sum(packet[8:40]) + proto
+
+
+def _udp_checksum(total: int) -> int:
+    # A computed zero goes out as 0xffff: zero means "no checksum" in UDP over
+    # IPv4 and is not allowed over IPv6 (RFC 768; RFC 8200 section 8.1).
+    return -total % 0xFFFF or 0xFFFF
+
+
+# -- Splitting (TUN read -> wire packets) ---------------------------------------------
+
+
+def split(vnet_hdr: BytesLike, superpacket: BytesLike, pad_to: int = 1) -> list[bytes]:
+    """The complete IP packets that one TUN read (header, superpacket) stands for.
+
+    pad_to > 1 appends zero bytes to each packet up to a multiple of it, so the
+    sealer's padding (PROTOCOL.md, "Data") needs no second copy. Raises
+    MalformedPacket for input no kernel would produce; the caller drops it.
+    """
+    hdr = VnetHdr.unpack(vnet_hdr)
+    packet = memoryview(superpacket)
+    kind = hdr.gso_type & ~GSO_ECN
+    if kind == GSO_NONE:
+        if hdr.flags & F_NEEDS_CSUM:
+            return [_pad(_complete_partial(packet, hdr), pad_to)]
+        return [_pad(packet, pad_to)]
+    if hdr.gso_size == 0:
+        raise MalformedPacket("GSO superpacket with gso_size 0")
+    l4 = _l4_offset(packet, hdr)
+    if kind in (GSO_TCPV4, GSO_TCPV6):
+        _check_version(packet, 4 if kind == GSO_TCPV4 else 6)
+        return _split_tcp(packet, l4, hdr.gso_size, pad_to)
+    if kind == GSO_UDP_L4:
+        return _split_udp(packet, l4, hdr.gso_size, pad_to)
+    raise MalformedPacket(f"unsupported gso_type {hdr.gso_type}")
+
+
+def _pad(packet: BytesLike, pad_to: int) -> bytes:
+    extra = -len(packet) % pad_to
+    return bytes(packet) + bytes(extra) if extra else bytes(packet)
+
+
+def _complete_partial(packet: memoryview, hdr: VnetHdr) -> bytes:
+    """Fill in a NEEDS_CSUM checksum; the field already holds the pseudo sum."""
+    at = hdr.csum_start + hdr.csum_offset
+    if at + 2 > len(packet):
+        raise MalformedPacket("checksum offset beyond the packet")
+    total = ones_sum(packet[hdr.csum_start :])
+    is_udp = hdr.csum_offset == UDP_CSUM_OFFSET
+    out = bytearray(packet)
+    struct.pack_into("!H", out, at, _udp_checksum(total) if is_udp else -total % 0xFFFF)
+    return bytes(out)
+
+
+def _check_version(packet: memoryview, version: int) -> None:
+    if packet[0] >> 4 != version:
+        raise MalformedPacket(f"gso_type says IPv{version}, the packet is not")
+
+
+def _l4_offset(packet: memoryview, hdr: VnetHdr) -> int:
+    """Where the TCP/UDP header starts: csum_start, else after the IP header."""
+    if hdr.flags & F_NEEDS_CSUM:
+        l4 = hdr.csum_start
+    elif len(packet) >= 20 and packet[0] >> 4 == 4:
+        l4 = (packet[0] & 0x0F) * 4
+    else:
+        l4 = 40  # IPv6 without NEEDS_CSUM: extension headers are not walked
+    if l4 < 20 or l4 + UDP_HEADER_LEN > len(packet):
+        raise MalformedPacket("L4 header offset outside the packet")
+    return l4
+
+
+@dataclass(slots=True)
+class _IpCut:
+    """An IP header cut around the fields that differ between segments.
+
+    IPv4: head (version..tos) | total length | id | mid (fragment..protocol) |
+    checksum | tail (addresses, options). IPv6: head (version..flow label) |
+    payload length | tail (next header, hop limit, addresses, extension headers).
+    """
+
+    v4: bool
+    head: bytes
+    mid: bytes
+    tail: bytes
+    id0: int
+    base: int  # IPv4: ones' sum of the header without length, id and checksum
+
+    @classmethod
+    def of(cls, packet: memoryview, l4: int) -> _IpCut:
+        if packet[0] >> 4 == 4:
+            head, mid, tail = (
+                bytes(packet[0:2]),
+                bytes(packet[6:10]),
+                bytes(packet[12:l4]),
+            )
+            ident = int.from_bytes(packet[4:6], "big")
+            return cls(True, head, mid, tail, ident, ones_sum(head + mid + tail))
+        return cls(False, bytes(packet[0:4]), b"", bytes(packet[6:l4]), 0, 0)
+
+    def header(self, i: int, total: int) -> bytes:
+        """Segment i's IP header, for a packet of total bytes."""
+        if not self.v4:
+            return self.head + (total - 40).to_bytes(2, "big") + self.tail
+        ident = (self.id0 + i) & 0xFFFF
+        csum = -(self.base + total + ident) % 0xFFFF
+        return _V4.pack(self.head, total, ident, self.mid, csum) + self.tail
+
+
+_V4 = struct.Struct("!2sHH4sH")  # head, total length, id, mid, checksum
+_V6 = struct.Struct("!4sH")  # head, payload length
+_UDP = struct.Struct("!4sHH")  # ports, length, checksum
+
+
+def _split_tcp(packet: memoryview, l4: int, mss: int, pad_to: int) -> list[bytes]:
+    """TSO: one TCP packet per mss bytes of payload.
+
+    The loop runs once per packet on the wire, so it packs each segment's IP and
+    TCP headers in one call; everything all segments share is cut and summed
+    once, before it.
+    """
+    thl = (packet[l4 + 12] >> 4) * 4
+    hlen = l4 + thl
+    if thl < 20 or hlen > len(packet):
+        raise MalformedPacket("TCP header outside the packet")
+    payload = packet[hlen:]
+    sums = segment_sums(payload, mss) if payload else [0]
+    ip = _IpCut.of(packet, l4)
+    # Step 1: the TCP header cut around seq, flags and checksum, and the ones'
+    # sum of what all segments share of it and of the pseudo-header.
+    ports, ack_off = bytes(packet[l4 : l4 + 4]), bytes(packet[l4 + 8 : l4 + 13])
+    window, rest = bytes(packet[l4 + 14 : l4 + 16]), bytes(packet[l4 + 18 : hlen])
+    base = ones_sum(ports + ack_off + b"\0" + window + rest) + thl
+    base += _pseudo_sum(packet, IPPROTO_TCP)
+    tcp_fmt = f"{len(ip.tail) + 4}sI5sB2sH{len(rest)}s"
+    pack = struct.Struct(("!2sHH4sH" if ip.v4 else "!4sH") + tcp_fmt).pack
+    tail, flags = ip.tail + ports, packet[l4 + 13]
+    seq0 = int.from_bytes(packet[l4 + 4 : l4 + 8], "big")
+    middle = flags & ~(TCP_FIN | TCP_PSH | TCP_CWR)
+    v4, id0, ip_base, ip_head, ip_mid = ip.v4, ip.id0, ip.base, ip.head, ip.mid
+    # Step 2: one packet per segment; CWR on the first, FIN and PSH on the last.
+    last = len(sums) - 1
+    out = []
+    for i, psum in enumerate(sums):
+        off = i * mss
+        plen = mss if i < last else len(payload) - off
+        f = middle | (flags & TCP_CWR if i == 0 else 0)
+        f |= flags & (TCP_FIN | TCP_PSH) if i == last else 0
+        seq = (seq0 + off) & 0xFFFFFFFF
+        csum = -(base + plen + seq + f + psum) % 0xFFFF  # seq == hi + lo words
+        total = hlen + plen
+        if v4:
+            ident = (id0 + i) & 0xFFFF
+            ip_csum = -(ip_base + total + ident) % 0xFFFF
+            hdr = pack(ip_head, total, ident, ip_mid, ip_csum,
+                       tail, seq, ack_off, f, window, csum, rest)  # fmt: skip
+        else:
+            hdr = pack(ip_head, total - 40, tail, seq, ack_off, f, window, csum, rest)
+        seg = payload[off : off + plen]
+        out.append(hdr + seg if pad_to == 1 else _padded(hdr, seg, pad_to))
+    return out
+
+
+def _split_udp(packet: memoryview, l4: int, mss: int, pad_to: int) -> list[bytes]:
+    """USO: one UDP datagram, with its own length and checksum, per mss bytes."""
+    payload = packet[l4 + UDP_HEADER_LEN :]
+    sums = segment_sums(payload, mss) if payload else [0]
+    ip = _IpCut.of(packet, l4)
+    ports = bytes(packet[l4 : l4 + 4])
+    base = ones_sum(ports) + _pseudo_sum(packet, IPPROTO_UDP)
+    last = len(sums) - 1
+    out = []
+    for i, psum in enumerate(sums):
+        off = i * mss
+        plen = mss if i < last else len(payload) - off
+        ulen = UDP_HEADER_LEN + plen
+        # The UDP length counts twice: in the header and in the pseudo-header.
+        udp = _UDP.pack(ports, ulen, _udp_checksum(base + 2 * ulen + psum))
+        hdr = ip.header(i, l4 + ulen) + udp
+        out.append(_padded(hdr, payload[off : off + plen], pad_to))
+    return out
+
+
+def _padded(hdr: bytes, seg: memoryview, pad_to: int) -> bytes:
+    return b"".join((hdr, seg, bytes(-(len(hdr) + len(seg)) % pad_to)))
+
+
+# -- Coalescing (wire packets -> TUN write) -------------------------------------------
+#
+# Segments of one TCP flow merge while they arrive in order and differ only where
+# the kernel's segmentation would make them differ: IP length, id and checksum,
+# TCP seq and checksum, PSH on the last and CWR on the first. Every segment but
+# the last carries the same payload length (the gso_size). A packet of a flow
+# that cannot join closes that flow's batch, so a flow's packets never overtake
+# each other; packets of different flows may.
+
+_CLOSING = TCP_SYN | TCP_FIN | TCP_RST | TCP_URG
+_FLUSH_ALL = b""  # flow key of a packet that may be TCP but cannot be parsed
+
+
+def _shape_mask(length: int, keep: bytes) -> int:
+    return int.from_bytes(keep + b"\xff" * (length - len(keep)), "big")
+
+
+# What must be equal within a batch, as masks over the header bytes that follow
+# the TCP sequence number (ack, offset, flags but PSH/CWR, window, checksum
+# zeroed, urgent pointer, options) for each TCP header length.
+_TCP_SHAPE = {
+    thl: _shape_mask(
+        thl - 8, b"\xff" * 5 + bytes([0xFF & ~(TCP_PSH | TCP_CWR)]) + b"\xff\xff\0\0"
+    )
+    for thl in range(20, 64, 4)
+}
+_V4_SHAPE = 0xFFFF_0000_0000_FFFF_FFFF_0000  # bytes 0..11 without length, id, csum
+_V6_SHAPE = 0xFFFF_FFFF_0000_FFFF  # bytes 0..7 without the payload length
+
+
+@dataclass(slots=True)
+class _Segment:
+    packet: memoryview
+    flow: bytes  # addresses and ports
+    shape: tuple[int, int]
+    seq: int
+    flags: int
+    l4: int
+    hlen: int
+    end: int  # the IP packet's own length; anything after it is padding
+
+
+def _parse(packet: memoryview) -> tuple[bytes | None, _Segment | None]:
+    """(flow key, segment): key None for non-TCP, segment None if not mergeable."""
+    if len(packet) < 40:
+        return None, None
+    if packet[0] >> 4 == 4:
+        if packet[9] != IPPROTO_TCP:
+            return None, None
+        l4 = (packet[0] & 0x0F) * 4
+        flow = bytes(packet[12:20]) + bytes(packet[l4 : l4 + 4])
+        end = int.from_bytes(packet[2:4], "big")
+        if l4 != 20 or packet[6] & 0x3F or packet[7]:  # options or a fragment
+            return flow, None
+        ip_shape = int.from_bytes(packet[0:12], "big") & _V4_SHAPE
+    elif packet[0] >> 4 == 6 and len(packet) >= 60:
+        if packet[6] != IPPROTO_TCP:
+            return (None if packet[6] in _NOT_TCP_V6 else _FLUSH_ALL), None
+        l4, flow = 40, bytes(packet[8:44])
+        end = 40 + int.from_bytes(packet[4:6], "big")
+        ip_shape = int.from_bytes(packet[0:8], "big") & _V6_SHAPE
+    else:
+        return None, None
+    return flow, _tcp_segment(packet, flow, ip_shape, l4, end)
+
+
+_NOT_TCP_V6 = {IPPROTO_UDP, 58, 59}  # UDP, ICMPv6, no next header
+
+
+def _tcp_segment(
+    packet: memoryview, flow: bytes, ip_shape: int, l4: int, end: int
+) -> _Segment | None:
+    thl = (packet[l4 + 12] >> 4) * 4
+    hlen = l4 + thl
+    flags = packet[l4 + 13]
+    if thl < 20 or hlen >= end or end > len(packet) or flags & _CLOSING:
+        return None  # no payload, truncated, or a flag that must travel alone
+    if not flags & TCP_ACK:
+        return None
+    tcp_shape = int.from_bytes(packet[l4 + 8 : hlen], "big") & _TCP_SHAPE[thl]
+    seq = int.from_bytes(packet[l4 + 4 : l4 + 8], "big")
+    return _Segment(packet, flow, (ip_shape, tcp_shape), seq, flags, l4, hlen, end)
+
+
+class _Batch:
+    """Segments of one flow to be written to the TUN device as one superpacket."""
+
+    def __init__(self, head: _Segment) -> None:
+        self.head = head
+        self.mss = head.end - head.hlen
+        self.payloads = [head.packet[head.hlen : head.end]]
+        self.size = head.end
+        self.next_seq = (head.seq + self.mss) & 0xFFFFFFFF
+        self.psh = bool(head.flags & TCP_PSH)
+        self.open = not self.psh
+
+    def take(self, seg: _Segment) -> bool:
+        """Append seg if it continues this batch; close it after a short one."""
+        plen = seg.end - seg.hlen
+        if (
+            seg.seq != self.next_seq
+            or seg.shape != self.head.shape
+            or seg.flags & TCP_CWR
+            or plen > self.mss
+            or self.size + plen > MAX_SUPERPACKET
+        ):
+            return False
+        self.payloads.append(seg.packet[seg.hlen : seg.end])
+        self.size += plen
+        self.next_seq = (self.next_seq + plen) & 0xFFFFFFFF
+        self.psh = bool(seg.flags & TCP_PSH)
+        self.open = plen == self.mss and not self.psh
+        return True
+
+    def written(self) -> tuple[bytes, bytes]:
+        """(virtio-net header, packet) for one TUN write."""
+        head = self.head
+        if len(self.payloads) == 1:
+            return ZERO_VNET_HDR, bytes(head.packet[: head.end])
+        hdr = bytearray(head.packet[: head.hlen])
+        v4 = hdr[0] >> 4 == 4
+        if v4:
+            struct.pack_into("!H", hdr, 2, self.size)
+            struct.pack_into("!H", hdr, 10, 0)
+            struct.pack_into("!H", hdr, 10, checksum(hdr[:20]))
+        else:
+            struct.pack_into("!H", hdr, 4, self.size - 40)
+        l4 = head.l4
+        hdr[l4 + 13] |= TCP_PSH if self.psh else 0
+        # NEEDS_CSUM: the field holds the pseudo-header sum, not inverted.
+        partial = (_pseudo_sum(hdr, IPPROTO_TCP) + self.size - l4) % 0xFFFF
+        struct.pack_into("!H", hdr, l4 + TCP_CSUM_OFFSET, partial)
+        gso = (GSO_TCPV4 if v4 else GSO_TCPV6) | (
+            GSO_ECN if head.flags & TCP_CWR else 0
+        )
+        vnet = VnetHdr(F_NEEDS_CSUM, gso, head.hlen, self.mss, l4, TCP_CSUM_OFFSET)
+        return vnet.pack(), b"".join([hdr, *self.payloads])
+
+
+def coalesce(packets: Iterable[BytesLike]) -> list[tuple[bytes, bytes]]:
+    """(virtio-net header, packet) pairs to write to a TUN device with offloads.
+
+    In-order TCP segments of one flow become one GSO superpacket of at most
+    MAX_SUPERPACKET bytes; every other packet is passed on alone with a zero
+    header. UDP is never merged: a receiver could not deliver it as one datagram.
+    """
+    out: list[_Batch | bytes] = []
+    batches: dict[bytes, _Batch] = {}
+    for packet in packets:
+        view = memoryview(packet)
+        flow, seg = _parse(view)
+        if seg is None:
+            _close(batches, flow)
+            out.append(bytes(packet))
+            continue
+        batch = batches.get(seg.flow)
+        if batch is not None and batch.take(seg):
+            if not batch.open:
+                del batches[seg.flow]
+            continue
+        batch = _Batch(seg)
+        out.append(batch)
+        if batch.open:
+            batches[seg.flow] = batch
+        else:
+            batches.pop(seg.flow, None)
+    return [x.written() if isinstance(x, _Batch) else (ZERO_VNET_HDR, x) for x in out]
+
+
+def _close(batches: dict[bytes, _Batch], flow: bytes | None) -> None:
+    """A packet that cannot join closes its flow's batch (or all, if unknown)."""
+    if flow == _FLUSH_ALL:
+        batches.clear()
+    elif flow is not None:
+        batches.pop(flow, None)
