@@ -338,170 +338,160 @@ def _padded(hdr: bytes, seg: memoryview, pad_to: int) -> bytes:
 # the last carries the same payload length (the gso_size). A packet of a flow
 # that cannot join closes that flow's batch, so a flow's packets never overtake
 # each other; packets of different flows may.
+#
+# This runs once per received packet, so a segment's "shape" (every header byte
+# that must be equal within a batch) is one integer: the header read as a number
+# with the differing fields masked out.
 
 _CLOSING = TCP_SYN | TCP_FIN | TCP_RST | TCP_URG
 _FLUSH_ALL = b""  # flow key of a packet that may be TCP but cannot be parsed
-
-
-def _shape_mask(length: int, keep: bytes) -> int:
-    return int.from_bytes(keep + b"\xff" * (length - len(keep)), "big")
-
-
-# What must be equal within a batch, as masks over the header bytes that follow
-# the TCP sequence number (ack, offset, flags but PSH/CWR, window, checksum
-# zeroed, urgent pointer, options) for each TCP header length.
-_TCP_SHAPE = {
-    thl: _shape_mask(
-        thl - 8, b"\xff" * 5 + bytes([0xFF & ~(TCP_PSH | TCP_CWR)]) + b"\xff\xff\0\0"
-    )
-    for thl in range(20, 64, 4)
-}
-_V4_SHAPE = 0xFFFF_0000_0000_FFFF_FFFF_0000  # bytes 0..11 without length, id, csum
-_V6_SHAPE = 0xFFFF_FFFF_0000_FFFF  # bytes 0..7 without the payload length
-
-
-@dataclass(slots=True)
-class _Segment:
-    packet: memoryview
-    flow: bytes  # addresses and ports
-    shape: tuple[int, int]
-    seq: int
-    flags: int
-    l4: int
-    hlen: int
-    end: int  # the IP packet's own length; anything after it is padding
-
-
-def _parse(packet: memoryview) -> tuple[bytes | None, _Segment | None]:
-    """(flow key, segment): key None for non-TCP, segment None if not mergeable."""
-    if len(packet) < 40:
-        return None, None
-    if packet[0] >> 4 == 4:
-        if packet[9] != IPPROTO_TCP:
-            return None, None
-        l4 = (packet[0] & 0x0F) * 4
-        flow = bytes(packet[12:20]) + bytes(packet[l4 : l4 + 4])
-        end = int.from_bytes(packet[2:4], "big")
-        if l4 != 20 or packet[6] & 0x3F or packet[7]:  # options or a fragment
-            return flow, None
-        ip_shape = int.from_bytes(packet[0:12], "big") & _V4_SHAPE
-    elif packet[0] >> 4 == 6 and len(packet) >= 60:
-        if packet[6] != IPPROTO_TCP:
-            return (None if packet[6] in _NOT_TCP_V6 else _FLUSH_ALL), None
-        l4, flow = 40, bytes(packet[8:44])
-        end = 40 + int.from_bytes(packet[4:6], "big")
-        ip_shape = int.from_bytes(packet[0:8], "big") & _V6_SHAPE
-    else:
-        return None, None
-    return flow, _tcp_segment(packet, flow, ip_shape, l4, end)
-
-
 _NOT_TCP_V6 = {IPPROTO_UDP, 58, 59}  # UDP, ICMPv6, no next header
 
 
-def _tcp_segment(
-    packet: memoryview, flow: bytes, ip_shape: int, l4: int, end: int
-) -> _Segment | None:
-    thl = (packet[l4 + 12] >> 4) * 4
-    hlen = l4 + thl
-    flags = packet[l4 + 13]
-    if thl < 20 or hlen >= end or end > len(packet) or flags & _CLOSING:
-        return None  # no payload, truncated, or a flag that must travel alone
-    if not flags & TCP_ACK:
-        return None
-    tcp_shape = int.from_bytes(packet[l4 + 8 : hlen], "big") & _TCP_SHAPE[thl]
-    seq = int.from_bytes(packet[l4 + 4 : l4 + 8], "big")
-    return _Segment(packet, flow, (ip_shape, tcp_shape), seq, flags, l4, hlen, end)
+def _shape_mask(l4: int, thl: int) -> int:
+    """Mask over IP + TCP header bytes: zero where segments of a batch differ."""
+    mask = bytearray(b"\xff" * (l4 + thl))
+    varying = [(2, 6), (10, 12)] if l4 == 20 else [(4, 6)]  # lengths, id, csum
+    varying += [(l4 + 4, l4 + 8), (l4 + 16, l4 + 18)]  # TCP seq, checksum
+    for start, end in varying:
+        mask[start:end] = bytes(end - start)
+    mask[l4 + 13] = 0xFF & ~(TCP_PSH | TCP_CWR)
+    return int.from_bytes(mask, "big")
+
+
+_SHAPE = {
+    (l4, thl): _shape_mask(l4, thl) for l4 in (20, 40) for thl in range(20, 64, 4)
+}
+
+# (shape, seq, flags, l4, hlen, end): a TCP segment that may join a batch
+_Segment = tuple[int, int, int, int, int, int]
+
+
+def _parse(p: bytes) -> tuple[bytes | None, _Segment | None]:
+    """(flow key, segment): key None for non-TCP, segment None if it must pass alone.
+
+    The flow key is the addresses and ports, which sit side by side in IPv4
+    without options and in IPv6 without extension headers.
+    """
+    n = len(p)
+    if n >= 40 and p[0] == 0x45 and p[9] == IPPROTO_TCP:
+        l4, key, end = 20, p[12:24], (p[2] << 8) | p[3]
+        if p[6] & 0x3F or p[7]:  # a fragment
+            return key, None
+    elif n >= 60 and p[0] >> 4 == 6 and p[6] == IPPROTO_TCP:
+        l4, key, end = 40, p[8:44], 40 + ((p[4] << 8) | p[5])
+    else:
+        return _other_key(p), None
+    thl = (p[l4 + 12] >> 4) * 4
+    hlen, flags = l4 + thl, p[l4 + 13]
+    if thl < 20 or hlen >= end or end > n or flags & _CLOSING or not flags & TCP_ACK:
+        return key, None  # no payload, truncated, or a flag that must travel alone
+    shape = int.from_bytes(p[:hlen], "big") & _SHAPE[l4, thl]
+    seq = int.from_bytes(p[l4 + 4 : l4 + 8], "big")
+    return key, (shape, seq, flags, l4, hlen, end)
+
+
+def _other_key(p: bytes) -> bytes | None:
+    """The flow key of a TCP packet that cannot merge: IPv4 with options or IPv6
+    with extension headers (unknown: _FLUSH_ALL); None for everything else."""
+    if len(p) >= 20 and p[0] >> 4 == 4 and p[9] == IPPROTO_TCP:
+        ihl = (p[0] & 0x0F) * 4
+        return p[12:20] + p[ihl : ihl + 4]
+    if len(p) >= 40 and p[0] >> 4 == 6 and p[6] not in _NOT_TCP_V6:
+        return _FLUSH_ALL
+    return None
 
 
 class _Batch:
     """Segments of one flow to be written to the TUN device as one superpacket."""
 
-    def __init__(self, head: _Segment) -> None:
-        self.head = head
-        self.mss = head.end - head.hlen
-        self.payloads = [head.packet[head.hlen : head.end]]
-        self.size = head.end
-        self.next_seq = (head.seq + self.mss) & 0xFFFFFFFF
-        self.psh = bool(head.flags & TCP_PSH)
-        self.open = not self.psh
+    __slots__ = ("parts", "head", "mss", "size", "next_seq", "open")
 
-    def take(self, seg: _Segment) -> bool:
-        """Append seg if it continues this batch; close it after a short one."""
-        plen = seg.end - seg.hlen
+    def __init__(self, packet: bytes, seg: _Segment) -> None:
+        _, seq, flags, _, hlen, end = seg
+        self.parts = [(packet, hlen, end)]  # each packet with its payload's bounds
+        self.head = seg
+        self.mss = end - hlen
+        self.size = end
+        self.next_seq = (seq + self.mss) & 0xFFFFFFFF
+        self.open = not flags & TCP_PSH
+
+    def take(self, packet: bytes, seg: _Segment) -> bool:
+        """Append the segment if it continues this batch; a short one closes it."""
+        shape, seq, flags, _, hlen, end = seg
+        plen = end - hlen
         if (
-            seg.seq != self.next_seq
-            or seg.shape != self.head.shape
-            or seg.flags & TCP_CWR
+            seq != self.next_seq
+            or shape != self.head[0]
+            or flags & TCP_CWR
             or plen > self.mss
             or self.size + plen > MAX_SUPERPACKET
         ):
             return False
-        self.payloads.append(seg.packet[seg.hlen : seg.end])
+        self.parts.append((packet, hlen, end))
         self.size += plen
-        self.next_seq = (self.next_seq + plen) & 0xFFFFFFFF
-        self.psh = bool(seg.flags & TCP_PSH)
-        self.open = plen == self.mss and not self.psh
+        self.next_seq = (seq + plen) & 0xFFFFFFFF
+        self.open = plen == self.mss and not flags & TCP_PSH
         return True
 
     def written(self) -> tuple[bytes, bytes]:
         """(virtio-net header, packet) for one TUN write."""
-        head = self.head
-        if len(self.payloads) == 1:
-            return ZERO_VNET_HDR, bytes(head.packet[: head.end])
-        hdr = bytearray(head.packet[: head.hlen])
-        v4 = hdr[0] >> 4 == 4
+        _, _, flags, l4, hlen, end = self.head
+        first = self.parts[0][0]
+        if len(self.parts) == 1:
+            return ZERO_VNET_HDR, bytes(first[:end])
+        hdr = bytearray(first[:hlen])
+        v4 = l4 == 20
         if v4:
             struct.pack_into("!H", hdr, 2, self.size)
             struct.pack_into("!H", hdr, 10, 0)
             struct.pack_into("!H", hdr, 10, checksum(hdr[:20]))
         else:
             struct.pack_into("!H", hdr, 4, self.size - 40)
-        l4 = head.l4
-        hdr[l4 + 13] |= TCP_PSH if self.psh else 0
+        hdr[l4 + 13] |= self.parts[-1][0][l4 + 13] & TCP_PSH
         # NEEDS_CSUM: the field holds the pseudo-header sum, not inverted.
         partial = (_pseudo_sum(hdr, IPPROTO_TCP) + self.size - l4) % 0xFFFF
         struct.pack_into("!H", hdr, l4 + TCP_CSUM_OFFSET, partial)
-        gso = (GSO_TCPV4 if v4 else GSO_TCPV6) | (
-            GSO_ECN if head.flags & TCP_CWR else 0
-        )
-        vnet = VnetHdr(F_NEEDS_CSUM, gso, head.hlen, self.mss, l4, TCP_CSUM_OFFSET)
-        return vnet.pack(), b"".join([hdr, *self.payloads])
+        gso = (GSO_TCPV4 if v4 else GSO_TCPV6) | (GSO_ECN if flags & TCP_CWR else 0)
+        vnet = VnetHdr(F_NEEDS_CSUM, gso, hlen, self.mss, l4, TCP_CSUM_OFFSET)
+        payloads = [memoryview(p)[start:stop] for p, start, stop in self.parts]
+        return vnet.pack(), b"".join([hdr, *payloads])
 
 
-def coalesce(packets: Iterable[BytesLike]) -> list[tuple[bytes, bytes]]:
+def coalesce(packets: Iterable[bytes]) -> list[tuple[bytes, bytes]]:
     """(virtio-net header, packet) pairs to write to a TUN device with offloads.
 
     In-order TCP segments of one flow become one GSO superpacket of at most
     MAX_SUPERPACKET bytes; every other packet is passed on alone with a zero
     header. UDP is never merged: a receiver could not deliver it as one datagram.
+    Bytes after a packet's own IP length (padding) are left out of superpackets.
     """
     out: list[_Batch | bytes] = []
     batches: dict[bytes, _Batch] = {}
     for packet in packets:
-        view = memoryview(packet)
-        flow, seg = _parse(view)
+        key, seg = _parse(packet)
         if seg is None:
-            _close(batches, flow)
-            out.append(bytes(packet))
+            _close(batches, key)
+            out.append(packet)
             continue
-        batch = batches.get(seg.flow)
-        if batch is not None and batch.take(seg):
+        assert key is not None  # a segment always has its flow
+        batch = batches.get(key)
+        if batch is not None and batch.take(packet, seg):
             if not batch.open:
-                del batches[seg.flow]
+                del batches[key]
             continue
-        batch = _Batch(seg)
+        batch = _Batch(packet, seg)
         out.append(batch)
         if batch.open:
-            batches[seg.flow] = batch
+            batches[key] = batch
         else:
-            batches.pop(seg.flow, None)
+            batches.pop(key, None)
     return [x.written() if isinstance(x, _Batch) else (ZERO_VNET_HDR, x) for x in out]
 
 
-def _close(batches: dict[bytes, _Batch], flow: bytes | None) -> None:
+def _close(batches: dict[bytes, _Batch], key: bytes | None) -> None:
     """A packet that cannot join closes its flow's batch (or all, if unknown)."""
-    if flow == _FLUSH_ALL:
+    if key == _FLUSH_ALL:
         batches.clear()
-    elif flow is not None:
-        batches.pop(flow, None)
+    elif key is not None:
+        batches.pop(key, None)
