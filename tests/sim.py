@@ -129,7 +129,7 @@ class SimNet:
         self._seq = 0
         self.recorded: list[tuple[SimHost, SimHost, int, int, bytes]] = []
         self.unreachable = 0
-        self.next_tag = 0    # packet tags are unique across every flow
+        self.next_tag = 0  # packet tags are unique across every flow
 
     def add(self, name: str, address: str, **kw: int) -> SimHost:
         seed = self.rng.randbytes(32)
