@@ -5,20 +5,23 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
 import ratios  # noqa: E402
 
 
-def row(name: str, tcp1: float, tcp4: float, rtt: float, cpu1: float | None) -> dict:
+def row(
+    name: str, tcp1: float, tcp4: float, rtt: float, cpu1: float | None
+) -> dict[str, Any]:
     return {
         "contender": name, "status": "ok", "tcp1_mbps": tcp1, "tcp4_mbps": tcp4,
         "rtt_med_ms": rtt, "dcpu1_s": cpu1, "dcpu4_s": cpu1,
     }  # fmt: skip
 
 
-def run_file(tmp_path: Path, rows: list[dict]) -> str:
+def run_file(tmp_path: Path, rows: list[dict[str, Any]]) -> str:
     path = tmp_path / "run.json"
     path.write_text(json.dumps({"meta": {"duration_s": 10}, "summary": rows}))
     return str(path)
