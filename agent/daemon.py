@@ -106,6 +106,8 @@ class Agent:
         self.control: ControlServer | None = None
         self.monitor = Monitor(cfg.interface.name)
         self.stopped = asyncio.Event()
+        self.exit_status = 0
+        self.reachable = -1  # peers reachable, as last told to systemd
         self.tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -133,7 +135,9 @@ class Agent:
         self.reserved = ReservedPorts(i.port_range)
         self.reserved.reserve()
         node = Node(i.private_key, i.hop_ms, i.cipher_id, i.port_range, time.time_ns())
-        self.plane = DataPlane(node, self.tun, i.listen, self.loop, self._port_taken)
+        self.plane = DataPlane(
+            node, self.tun, i.listen, self.loop, self._port_taken, self._tun_lost
+        )
         for peer in self.cfg.peers:
             self._add_peer(peer)
         self.plane.start()
@@ -182,6 +186,15 @@ class Agent:
                 exc.strerror or exc,
             )
 
+    def _tun_lost(self, exc: OSError) -> None:
+        log.error(
+            "%s: the TUN device failed (%s); was it deleted? stopping",
+            self.cfg.interface.name,
+            exc.strerror or exc,
+        )
+        self.exit_status = 1
+        self.stop("TUN device lost")
+
     # -- running -----------------------------------------------------------------
 
     def announce_ready(self) -> None:
@@ -194,9 +207,13 @@ class Agent:
         log.info("%s", text)
         sdnotify.ready(text)
 
-    def install_signals(self) -> None:
+    def install_stop_signals(self) -> None:
+        """Before start: a SIGTERM during start-up still tears down cleanly."""
         self.loop.add_signal_handler(signal.SIGTERM, self.stop, "SIGTERM")
         self.loop.add_signal_handler(signal.SIGINT, self.stop, "SIGINT")
+        self.loop.set_exception_handler(_log_loop_error)
+
+    def install_reload_signal(self) -> None:
         self.loop.add_signal_handler(signal.SIGHUP, self.reload)
 
     def start_tasks(self) -> None:
@@ -213,6 +230,11 @@ class Agent:
             now_ns = time.time_ns()
             for peer in list(self.plane.node.peers.values()):
                 self.monitor.check(peer, now_ns)
+            reachable = self.monitor.reachable_count()
+            if reachable != self.reachable:
+                self.reachable = reachable
+                total = len(self.plane.node.peers)
+                sdnotify.status(f"{reachable} of {total} peers reachable")
 
     async def _watchdog(self, every_s: float) -> None:
         while True:
@@ -365,6 +387,7 @@ def run(
 async def _serve(
     agent: Agent, ready_fd: int | None, on_ready: Callable[[], None] | None
 ) -> int:
+    agent.install_stop_signals()
     try:
         await agent.start()
     except StartError as exc:
@@ -372,7 +395,9 @@ async def _serve(
             raise
         _report(ready_fd, f"error {exc}")
         return 2
-    agent.install_signals()
+    if agent.stopped.is_set():  # SIGTERM while starting: never report ready
+        return 0
+    agent.install_reload_signal()
     agent.start_tasks()
     agent.announce_ready()
     if ready_fd is not None:
@@ -383,7 +408,13 @@ async def _serve(
     sdnotify.stopping()
     agent.teardown()
     log.info("%s: down", agent.cfg.interface.name)
-    return 0
+    return agent.exit_status
+
+
+def _log_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """A bug of ours in a callback: log it with its traceback, keep running."""
+    exc = context.get("exception")
+    log.error("unexpected error: %s", context.get("message"), exc_info=exc)
 
 
 def _report(fd: int, message: str) -> None:

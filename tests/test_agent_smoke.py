@@ -20,6 +20,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -136,13 +137,14 @@ def _link(a: Side, b: Side) -> None:
         side.run("ip", "link", "set", dev, "up")
 
 
-def _start(side: Side) -> None:
+def _start(side: Side, env: dict[str, str] | None = None) -> None:
     log = side.log.open("ab")
     side.proc = subprocess.Popen(
         ["ip", "netns", "exec", side.ns, *HOPR, "up", str(side.config)],
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=subprocess.STDOUT,
+        env=None if env is None else {**os.environ, **env},
     )
     log.close()
     deadline = time.monotonic() + READY_TIMEOUT_S
@@ -222,3 +224,32 @@ def test_up_detach_returns_once_ready_and_down_stops_it(
     finally:
         a.run(*HOPR, "down", a.ifname, check=False)
     assert a.run("ip", "link", "show", a.ifname, check=False).returncode != 0
+
+
+@pytest.mark.netns
+def test_a_deleted_interface_stops_the_agent_with_status_1(
+    pair: tuple[Side, Side],
+) -> None:
+    a, _ = pair
+    _start(a)
+    a.run("ip", "link", "delete", a.ifname)
+    assert a.proc is not None and a.proc.wait(10) == 1
+    assert "TUN device failed" in a.log.read_text()
+
+
+@pytest.mark.netns
+def test_systemd_hears_ready_then_the_watchdog(
+    pair: tuple[Side, Side], tmp_path: Path
+) -> None:
+    a, _ = pair
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(str(tmp_path / "notify"))
+        notify.settimeout(10)
+        _start(
+            a, {"NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "1000000"}
+        )
+        first = notify.recv(4096).decode()
+        later = notify.recv(4096).decode()
+        while "WATCHDOG=1" not in later:  # the first STATUS=... may come between
+            later = notify.recv(4096).decode()
+    assert first.startswith("READY=1\nSTATUS=") and "WATCHDOG=1" in later

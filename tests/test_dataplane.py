@@ -89,11 +89,7 @@ class Bench:
         self.wire: list[bytes] = []  # datagrams node B received
         self.sock: socket.socket | None = None
         if with_peer_socket:
-            self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            self.sock.bind((str(LOCAL), B_PORTS[0]))
-            self.sock.connect((str(LOCAL), A_PORTS[0]))
-            self.sock.setblocking(False)
-            self.loop.add_reader(self.sock.fileno(), self._b_readable)
+            self.open_peer_socket()
         self.peer_a = self.b.add_peer(
             "a",
             keys.public_from_private(a),
@@ -112,6 +108,17 @@ class Bench:
             LOCAL,
         )
         self.plane.start()
+        self._b_flush()
+
+    def open_peer_socket(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((str(LOCAL), B_PORTS[0]))
+        self.sock.connect((str(LOCAL), A_PORTS[0]))
+        self.sock.setblocking(False)
+        self.loop.add_reader(self.sock.fileno(), self._b_readable)
+
+    def b_says_hello(self) -> None:
+        self.peer_a.send_hello(time.time_ns(), self.b_out, please_answer=True)
         self._b_flush()
 
     def _b_readable(self) -> None:
@@ -228,3 +235,18 @@ def test_a_send_the_peer_refuses_is_counted_not_raised(
         assert lonely.plane.running
     finally:
         lonely.close()
+
+
+def test_a_socket_refused_once_still_receives_afterwards(
+    request: pytest.FixtureRequest,
+) -> None:
+    request.getfixturevalue("private_netns")
+    late = Bench(with_peer_socket=False)  # the peer comes up after our hello
+    try:
+        errors = late.plane.peer_errors["b"].counts
+        assert late.until(lambda: any("econnrefused" in k for k in errors))
+        late.open_peer_socket()
+        late.b_says_hello()
+        assert late.session()
+    finally:
+        late.close()

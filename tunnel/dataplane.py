@@ -5,8 +5,8 @@ Three kinds of wakeup, each handled in one pass:
 
 - the TUN descriptor is readable: read packets until EAGAIN (at most IO_BATCH),
   hand each to `node.on_tun_packet`, then carry out the Output;
-- a hop socket is readable: the same with `sock.recv` and `node.on_datagram`,
-  passing the epochs that socket's 4-tuple stands for;
+- hop sockets are readable: the same with `sock.recv` and `node.on_datagram`
+  for each ready socket, passing the epochs that socket's 4-tuple stands for;
 - the one timer: `node.on_timer`, the sockets' make-before-break step, and the
   timer re-armed at the earliest of the node's deadline and the next socket hop.
 
@@ -16,6 +16,13 @@ whole batch is carried out at once in `flush`, which is where batched sends
 (UDP_SEGMENT) and TUN superpackets will plug in. No protocol logic lives here:
 the core decides what to seal, open, drop and send; the shell counts only what
 the kernel refuses (a send answered by ICMP unreachable, a full TUN queue).
+
+The hop sockets sit in an epoll set of our own, and only that set's descriptor
+is registered with the event loop. Two reasons: one wakeup serves every ready
+socket, and a connected UDP socket that receives an ICMP port unreachable (a
+peer restarting, a port just closed) reports EPOLLERR, on which libuv, hence
+uvloop, silently stops watching that descriptor for good; in our own set the
+error is just an event, read (and counted) by the next `recv`.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import errno
 import ipaddress
 import logging
 import os
+import select
 import time
 from collections.abc import Callable, Iterable
 
@@ -63,9 +71,11 @@ class DataPlane:
         listen: Address,
         loop: asyncio.AbstractEventLoop,
         on_port_taken: PortHook | None = None,
+        on_tun_lost: Callable[[OSError], None] | None = None,
     ) -> None:
         self.node = node
         self.on_port_taken = on_port_taken
+        self.on_tun_lost = on_tun_lost
         self.tun = tun
         self.listen = listen
         self.loop = loop
@@ -77,12 +87,15 @@ class DataPlane:
         self._armed_ns = 0
         self._debug_ns = 0
         self.running = False
+        self.epoll = select.epoll()
+        self.hops: dict[int, tuple[Peer, HopSocket]] = {}  # by socket descriptor
 
     # -- lifecycle -------------------------------------------------------------------
 
     def start(self) -> None:
         self.running = True
         self.loop.add_reader(self.tun.fd, self._on_tun)
+        self.loop.add_reader(self.epoll.fileno(), self._on_sockets)
         self._on_timer()
 
     def close(self) -> None:
@@ -92,9 +105,11 @@ class DataPlane:
             self._timer.cancel()
             self._timer = None
         self.loop.remove_reader(self.tun.fd)
+        self.loop.remove_reader(self.epoll.fileno())
         for peer_sockets in self.sockets.values():
             peer_sockets.close()
         self.sockets.clear()
+        self.epoll.close()
 
     # -- peers -----------------------------------------------------------------------
 
@@ -151,10 +166,14 @@ class DataPlane:
     # -- readers ---------------------------------------------------------------------
 
     def _watch(self, peer: Peer, hop: HopSocket) -> None:
-        self.loop.add_reader(hop.sock.fileno(), self._on_datagrams, peer, hop)
+        fd = hop.sock.fileno()
+        self.hops[fd] = (peer, hop)
+        self.epoll.register(fd, select.EPOLLIN)
 
     def _unwatch(self, hop: HopSocket) -> None:
-        self.loop.remove_reader(hop.sock.fileno())
+        fd = hop.sock.fileno()
+        self.epoll.unregister(fd)
+        del self.hops[fd]
 
     def _on_tun(self) -> None:
         node, out, fd = self.node, self.out, self.tun.fd
@@ -164,18 +183,34 @@ class DataPlane:
                 packet = os.read(fd, TUN_READ_MAX)
             except BlockingIOError:
                 break
-            except OSError as exc:
-                self.tun_errors.count("read", exc)
-                break
+            except OSError as exc:  # EBADFD: the device was deleted under us
+                self._tun_lost(exc)
+                return
             node.on_tun_packet(packet, now_ns, out)
             if out.drop is not None:
                 self._debug_drop(None, out.drop, now_ns)
         self.flush(out)
         self._arm(node.next_deadline_ns(now_ns))
 
-    def _on_datagrams(self, peer: Peer, hop: HopSocket) -> None:
-        node, out, sock = self.node, self.out, hop.sock
+    def _tun_lost(self, exc: OSError) -> None:
+        """A TUN read error never clears; stop reading rather than spin."""
+        self.tun_errors.count("read", exc)
+        self.loop.remove_reader(self.tun.fd)
+        if self.on_tun_lost is not None:
+            self.on_tun_lost(exc)
+
+    def _on_sockets(self) -> None:
         now_ns = time.time_ns()
+        hops = self.hops
+        for fd, _events in self.epoll.poll(0):
+            found = hops.get(fd)
+            if found is not None:
+                self._drain(found[0], found[1], now_ns)
+        self.flush(self.out)
+        self._arm(self.node.next_deadline_ns(now_ns))
+
+    def _drain(self, peer: Peer, hop: HopSocket, now_ns: int) -> None:
+        node, out, sock = self.node, self.out, hop.sock
         for _ in range(IO_BATCH):
             try:
                 dgram = sock.recv(RECV_BUFFER)
@@ -187,8 +222,6 @@ class DataPlane:
             node.on_datagram(peer, hop.epochs, dgram, now_ns, out)
             if out.drop is not None:
                 self._debug_drop(peer, out.drop, now_ns)
-        self.flush(out)
-        self._arm(node.next_deadline_ns(now_ns))
 
     def _debug_drop(self, peer: Peer | None, reason: str, now_ns: int) -> None:
         self.out.drop = None
