@@ -5,8 +5,9 @@
 #   sudo ./install.sh --uninstall  remove it, keeping /etc/hopr-tunnel
 #
 # What it does, each step safe to repeat:
-#   - apt packages it needs (python3 >= 3.11, venv, iproute2, procps), only
-#     those missing, with --no-install-recommends;
+#   - apt packages it needs (python3 >= 3.11, venv, iproute2, procps, and
+#     iputils-ping for `hopr-tunnel demo`), only those missing, with
+#     --no-install-recommends;
 #   - a virtual environment in /opt/hopr-tunnel holding this checkout, and
 #     /usr/local/bin/hopr-tunnel pointing into it;
 #   - the system user hopr-tunnel that the service runs as, owner of
@@ -22,7 +23,7 @@ readonly LINK=/usr/local/bin/hopr-tunnel
 readonly CONF_DIR=/etc/hopr-tunnel
 readonly UNIT=/etc/systemd/system/hopr-tunnel@.service
 readonly SERVICE_USER=hopr-tunnel
-readonly APT_PACKAGES=(python3 python3-venv iproute2 procps)
+readonly APT_PACKAGES=(python3 python3-venv iproute2 procps iputils-ping)
 SOURCE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 readonly SOURCE
 
