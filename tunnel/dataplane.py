@@ -36,6 +36,7 @@ import select
 import time
 from collections.abc import Callable, Iterable
 
+from .batch import open_datagrams
 from .constants import IO_BATCH, RECV_BUFFER, TUN_READ_MAX
 from .node import Node
 from .output import Output
@@ -89,6 +90,7 @@ class DataPlane:
         self.running = False
         self.epoll = select.epoll()
         self.hops: dict[int, tuple[Peer, HopSocket]] = {}  # by socket descriptor
+        self._dgrams: list[bytes] = []  # one socket's datagrams of this wakeup
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -210,18 +212,20 @@ class DataPlane:
         self._arm(self.node.next_deadline_ns(now_ns))
 
     def _drain(self, peer: Peer, hop: HopSocket, now_ns: int) -> None:
-        node, out, sock = self.node, self.out, hop.sock
+        """Read what the socket holds, then open it as one run (tunnel/batch.py)."""
+        sock, dgrams = hop.sock, self._dgrams
         for _ in range(IO_BATCH):
             try:
-                dgram = sock.recv(RECV_BUFFER)
+                dgrams.append(sock.recv(RECV_BUFFER))
             except BlockingIOError:
                 break
             except OSError as exc:  # e.g. ECONNREFUSED: ICMP for an earlier send
                 self.peer_errors[peer.name].count("recv", exc)
-                continue
-            node.on_datagram(peer, hop.epochs, dgram, now_ns, out)
-            if out.drop is not None:
-                self._debug_drop(peer, out.drop, now_ns)
+        if dgrams:
+            open_datagrams(peer, dgrams, hop.epochs, now_ns, self.out)
+            dgrams.clear()
+            if self.out.drop is not None:
+                self._debug_drop(peer, self.out.drop, now_ns)
 
     def _debug_drop(self, peer: Peer | None, reason: str, now_ns: int) -> None:
         self.out.drop = None
