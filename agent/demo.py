@@ -161,7 +161,6 @@ class Demo:
     def build(self) -> None:
         """The underlay bridge, one namespace per host, and every config."""
         self._namespace(self.hub)
-        _sysctl(self.hub, "net.ipv6.conf.all.disable_ipv6=1")
         _ip(self.hub, "link", "add", "br0", "type", "bridge")
         _ip(self.hub, "link", "set", "br0", "up")
         for host in self.hosts:
@@ -227,8 +226,14 @@ class Demo:
     def wait_ready(self) -> None:
         """Until every agent answers on its control socket."""
         for host in self.hosts:
-            what = f"the agent of host {host.name} to start"
-            _wait(partial(self.answers, host), READY_TIMEOUT_S, self.check_agents, what)
+            try:
+                _wait(partial(self.answers, host), READY_TIMEOUT_S, self.check_agents)
+            except TimeoutError:
+                raise DemoFailure(
+                    f"the agent of host {host.name} did not answer within "
+                    f"{READY_TIMEOUT_S:.0f} s; the end of its log:\n"
+                    + self.log_tail(host)
+                ) from None
 
     def answers(self, host: DemoHost) -> bool:
         return self.status(host) is not None
@@ -408,7 +413,7 @@ def run(hop_ms: int, duration_s: float | None, out: IO[str]) -> int:
             _show(demo, duration_s, out)
         except (KeyboardInterrupt, Stopped):
             write(out, "\n")
-        except (DemoFailure, TimeoutError) as exc:
+        except DemoFailure as exc:
             print(f"hopr-tunnel demo: {exc}", file=sys.stderr)
             status = 1
         finally:
@@ -460,8 +465,9 @@ def _screen(demo: Demo, first: bool) -> str:
         view.HostLine(h.name, h.ns, h.underlay, h.tunnel, h.ifname, _pid(h.agent))
         for h in demo.hosts
     ]
-    lines = view.screen_lines(demo.rows, hosts, demo.hop_ms, demo.elapsed_s(), demo.hub)
-    return view.frame(lines, first)
+    height = shutil.get_terminal_size().lines
+    screen = view.Screen(hosts, demo.hop_ms, demo.elapsed_s(), demo.hub, height)
+    return view.frame(view.screen_lines(demo.rows, screen), first)
 
 
 def _log_lines(demo: Demo) -> str:
@@ -487,19 +493,15 @@ def _ip(ns: str, *args: str) -> None:
     _run("ip", "-n", ns, *args)
 
 
-def _sysctl(ns: str, setting: str) -> None:
-    _run("ip", "netns", "exec", ns, "sysctl", "-q", "-w", setting)
-
-
 def _wait(
-    done: Callable[[], bool], timeout_s: float, check: Callable[[], None], what: str
+    done: Callable[[], bool], timeout_s: float, check: Callable[[], None]
 ) -> None:
     """Poll `done` until true; `check` raises if waiting became pointless."""
     deadline = time.monotonic() + timeout_s
     while not done():
         check()
         if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {timeout_s:.0f} s for {what} in vain")
+            raise TimeoutError
         time.sleep(0.1)
 
 

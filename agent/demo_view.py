@@ -221,28 +221,49 @@ class HostLine:
     pid: int | None
 
 
-def screen_lines(
-    rows: list[PairRow], hosts: list[HostLine], hop_ms: int, elapsed_s: float, hub: str
-) -> list[str]:
-    """The whole screen: what runs, each pair now, the hosts, what to try."""
-    running = ms_text(int(elapsed_s) * 1000)
-    return [
+EXPLANATION = (
+    "In \"a -> b\", a pings b through the tunnel. Ports now: a's UDP port -> b's,",
+    "for this epoch only: each pair hops at its own moment, to new ports and",
+    "keys. Sent and received count a's datagrams to and from b on the underlay.",
+)
+
+
+@dataclass(frozen=True)
+class Screen:
+    """What the screen shows besides the pairs."""
+
+    hosts: list[HostLine]
+    hop_ms: int
+    elapsed_s: float
+    hub: str  # the underlay's namespace, where tcpdump sees every datagram
+    height: int  # the terminal's rows: a longer frame would scroll, not redraw
+
+
+def screen_lines(rows: list[PairRow], screen: Screen) -> list[str]:
+    """What runs and each pair now; then, as far as the terminal is tall, what
+    the rows mean, what to try and the hosts."""
+    hosts, running = screen.hosts, ms_text(int(screen.elapsed_s) * 1000)
+    lines = [
         f"hopr-tunnel demo: {len(hosts)} hosts, each in a network namespace, "
-        f"hopping every {ms_text(hop_ms)}",
+        f"hopping every {ms_text(screen.hop_ms)}",
         f"running for {running}; Ctrl-C stops the agents and removes everything",
         "",
         *table_lines(rows),
-        "",
-        "In \"a -> b\", a pings b through the tunnel. Ports now: a's UDP port -> b's,",
-        "for this epoch only: each pair hops at its own moment, to new ports and",
-        "keys. Sent and received count a's datagrams to and from b on the underlay.",
-        "",
-        *_host_lines(hosts),
-        "",
-        "Try, from another terminal:",
-        f"  sudo ip netns exec {hosts[0].ns} hopr-tunnel show",
-        f"  sudo ip netns exec {hub} tcpdump -ni br0 udp",
     ]
+    extras = [
+        list(EXPLANATION),
+        [
+            "Try, from another terminal:",
+            f"  sudo ip netns exec {hosts[0].ns} hopr-tunnel show",
+            f"  sudo ip netns exec {screen.hub} tcpdump -ni br0 udp",
+        ],
+        _host_lines(hosts),
+    ]
+    for extra in extras:
+        if len(lines) + 1 + len(extra) >= screen.height:
+            break
+        lines += ["", *extra]
+    return lines
 
 
 def _host_lines(hosts: list[HostLine]) -> list[str]:
