@@ -54,6 +54,9 @@ CONTROL_DIR = Path("/run/hopr-tunnel")
 NAMES = "abcdefgh"
 READY_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 10.0
+# HOPR_TEST_LOG_LEVEL=debug puts the agents' debug lines in the logs printed on
+# failure.
+AGENT_LOG_LEVEL = os.environ.get("HOPR_TEST_LOG_LEVEL", "info")
 READY_LINE = re.compile(rb"\bready\b", re.IGNORECASE)
 _PING_REPLY = re.compile(r"^\[(\d+\.\d+)\].*icmp_seq=(\d+)", re.MULTILINE)
 _PING_SUMMARY = re.compile(r"(\d+) packets transmitted, (\d+) received")
@@ -99,7 +102,7 @@ def require_netns(*tools: str) -> None:
 # -- Hosts -------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(eq=False)  # hashed by identity: a host is one namespace
 class Host:
     """One namespace with its underlay link, its keys and its agent."""
 
@@ -145,15 +148,18 @@ class PingResult:
     transmitted: int
     received: int
     replies: list[tuple[float, int]]  # (unix time of the reply, icmp_seq)
+    duplicates: int
     output: str
 
     @property
     def lost(self) -> int:
         return self.transmitted - self.received
 
-    def missing_seqs(self) -> list[int]:
+    def missing_seqs(self, in_flight: int = 0) -> list[int]:
+        """Unanswered seqs, but for the last `in_flight` (stopped mid-air)."""
         seen = {seq for _, seq in self.replies}
-        return [s for s in range(1, self.transmitted + 1) if s not in seen]
+        last = self.transmitted - in_flight
+        return [s for s in range(1, last + 1) if s not in seen]
 
 
 @dataclass(frozen=True)
@@ -376,6 +382,7 @@ class Lab:
         self._files.append(log)
         offset = log.tell()
         cmd = ["ip", "netns", "exec", host.ns, *HOPR, "up", str(host.config)]
+        cmd += ["--log-level", AGENT_LOG_LEVEL]
         host.proc = subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL,
@@ -608,11 +615,19 @@ class Transfer:
 
 
 def ping_result(proc: subprocess.Popen[str], timeout_s: float) -> PingResult:
+    """Wait for a ping to end and read its replies and summary."""
     out, _ = proc.communicate(timeout=timeout_s)
     summary = _PING_SUMMARY.search(out)
     assert summary, f"no ping summary in:\n{out[-2000:]}"
     replies = [(float(t), int(s)) for t, s in _PING_REPLY.findall(out)]
-    return PingResult(int(summary[1]), int(summary[2]), replies, out)
+    dups = len(re.findall(r"\(DUP!\)", out))
+    return PingResult(int(summary[1]), int(summary[2]), replies, dups, out)
+
+
+def ping_stop(proc: subprocess.Popen[str]) -> PingResult:
+    """Stop a running ping (SIGINT: it prints its summary) and read it."""
+    proc.send_signal(signal.SIGINT)
+    return ping_result(proc, timeout_s=10)
 
 
 def read_datagrams(pcap: Path) -> list[Datagram]:
