@@ -26,7 +26,7 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import uvloop
 
@@ -38,6 +38,8 @@ from tunnel.tun import Tun, open_tun
 from . import logs, sdnotify
 from .config import Config, ConfigError, PeerConfig, diff, load
 from .control import ControlError, ControlServer
+from .detach import detached
+from .logs import RateLimit
 from .monitor import Monitor
 from .netlink import Link, NetlinkFailure, ReservedPorts
 from .show import interface_status
@@ -46,6 +48,7 @@ log = logging.getLogger("hopr-tunnel")
 
 CAP_NET_ADMIN = 12
 MONITOR_EVERY_S = 1.0
+LOG_EVERY_S = 60.0  # one warning per port (or unreachable peer) a minute
 
 
 class StartError(Exception):
@@ -105,6 +108,7 @@ class Agent:
         self.plane: DataPlane | None = None
         self.control: ControlServer | None = None
         self.monitor = Monitor(cfg.interface.name)
+        self.log_limit = RateLimit(LOG_EVERY_S)
         self.stopped = asyncio.Event()
         self.exit_status = 0
         self.reachable = -1  # peers reachable, as last told to systemd
@@ -136,7 +140,7 @@ class Agent:
         self.reserved.reserve()
         node = Node(i.private_key, i.hop_ms, i.cipher_id, i.port_range, time.time_ns())
         self.plane = DataPlane(
-            node, self.tun, i.listen, self.loop, self._port_taken, self._tun_lost
+            node, self.tun, i.listen, self.loop, self._socket_failed, self._tun_lost
         )
         for peer in self.cfg.peers:
             self._add_peer(peer)
@@ -174,16 +178,28 @@ class Agent:
         assert self.link is not None
         self.link.set_routes(n for p in self.cfg.peers for n in p.allowed_ips)
 
-    def _port_taken(self, peer: Peer, port: int, exc: OSError) -> None:
-        limit = self.monitor.clock_limit  # one rate limiter per agent is enough
-        if limit.allow(("port", port)):
+    def _socket_failed(
+        self, peer: Peer, ports: tuple[int, int], step: str, exc: OSError
+    ) -> None:
+        """A hop socket that could not open: a taken port, or no route to peer."""
+        ifname, why = self.cfg.interface.name, exc.strerror or str(exc)
+        if step == "bind" and self.log_limit.allow(("port", ports[0])):
             log.warning(
-                "%s: cannot bind port %d for peer %s (%s); it misses the epochs "
-                "that draw that port; free the port or narrow interface.port_range",
-                self.cfg.interface.name,
-                port,
+                "%s: cannot bind port %d for peer %s (%s); the peer misses the "
+                "epochs that draw it; free the port or change interface.port_range",
+                ifname,
+                ports[0],
                 peer.name,
-                exc.strerror or exc,
+                why,
+            )
+        elif step == "connect" and self.log_limit.allow(("connect", peer.name)):
+            log.warning(
+                "%s: cannot reach peer %s at %s (%s); retrying every second; "
+                "check the underlay route to it",
+                ifname,
+                peer.name,
+                self.plane.sockets[peer.name].endpoint if self.plane else "?",
+                why,
             )
 
     def _tun_lost(self, exc: OSError) -> None:
@@ -355,7 +371,17 @@ def up(config: Path, detach: bool, log_level: str, log_file: Path | None) -> int
     cfg = prepare(config)
     if not detach:
         return run(cfg)
-    return _detach(cfg, log_file)
+    outcome = detached(
+        lambda ready_fd, on_ready: run(cfg, ready_fd, on_ready), log_file
+    )
+    if outcome.startswith("ready"):
+        return 0
+    if outcome.startswith("error "):
+        raise StartError(outcome.removeprefix("error ").strip())
+    raise StartError(
+        "the agent exited before it was ready; run `hopr-tunnel up` without "
+        "--detach to see why."
+    )
 
 
 def prepare(config: Path) -> Config:
@@ -421,68 +447,3 @@ def _report(fd: int, message: str) -> None:
     with contextlib.suppress(OSError):
         os.write(fd, message.encode() + b"\n")
         os.close(fd)
-
-
-# -- --detach ------------------------------------------------------------------------
-
-
-def _detach(cfg: Config, log_file: Path | None) -> int:
-    """Double fork; the parent returns once the agent is ready (or failed).
-
-    The agent reports "ready" or "error <sentence>" on a pipe; until then its
-    logs go to our stderr, afterwards to `log_file` or nowhere, so a shell (or a
-    test capturing output) is not held open by the daemon.
-    """
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read_fd)
-        _daemon_child(cfg, write_fd, log_file)
-    os.close(write_fd)
-    answer = _read_all(read_fd)
-    os.waitpid(pid, 0)
-    if answer.startswith("ready"):
-        return 0
-    if answer.startswith("error "):
-        raise StartError(answer.removeprefix("error ").strip())
-    raise StartError(
-        "the agent exited before it was ready; run `hopr-tunnel up` without "
-        "--detach to see why."
-    )
-
-
-def _daemon_child(cfg: Config, ready_fd: int, log_file: Path | None) -> NoReturn:
-    os.setsid()
-    if os.fork() != 0:
-        os._exit(0)
-    status = 1
-    try:
-        os.chdir("/")
-        _redirect(0, os.devnull, os.O_RDONLY)
-        status = run(cfg, ready_fd, lambda: _quiet(log_file))
-    except BaseException:
-        log.exception("the detached agent failed")
-    finally:
-        os._exit(status)
-
-
-def _quiet(log_file: Path | None) -> None:
-    """Stop writing to the terminal of the shell that ran `up --detach`."""
-    target = os.devnull if log_file is None else str(log_file)
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
-    _redirect(1, target, flags)
-    _redirect(2, target, flags)
-
-
-def _redirect(fd: int, path: str, flags: int) -> None:
-    new = os.open(path, flags, 0o600)
-    os.dup2(new, fd)
-    os.close(new)
-
-
-def _read_all(fd: int) -> str:
-    chunks = []
-    while chunk := os.read(fd, 4096):
-        chunks.append(chunk)
-    os.close(fd)
-    return b"".join(chunks).decode(errors="replace")

@@ -15,7 +15,7 @@ from tests.private_netns import private_netns  # noqa: F401  (fixture)
 from tunnel import keys
 from tunnel.constants import CIPHER_AES_256_GCM, SOCKET_RETRY_MS
 from tunnel.schedule import PairSchedule
-from tunnel.sockets import HopSocket, PeerSockets
+from tunnel.sockets import Address, HopSocket, PeerSockets
 
 LOCAL = ipaddress.ip_address("127.0.0.1")
 HOP_MS = 1000
@@ -41,16 +41,16 @@ class Recorder:
     def __init__(self) -> None:
         self.opened: list[HopSocket] = []
         self.closed: list[HopSocket] = []
-        self.bind_errors: list[int] = []
+        self.open_errors: list[tuple[int, str]] = []  # (our port, step)
 
-    def sockets(self, sched: PairSchedule) -> PeerSockets:
+    def sockets(self, sched: PairSchedule, endpoint: Address = LOCAL) -> PeerSockets:
         return PeerSockets(
             sched,
             LOCAL,
-            LOCAL,
+            endpoint,
             self.opened.append,
             self.closed.append,
-            lambda port, exc: self.bind_errors.append(port),
+            lambda ports, step, exc: self.open_errors.append((ports[0], step)),
         )
 
 
@@ -137,7 +137,7 @@ def test_a_port_another_socket_holds_costs_only_the_epochs_drawing_it() -> None:
     window = range(EPOCH - 1, EPOCH + 2)
     missing = {e for e in window if e not in peer_sockets.by_epoch}
     assert missing == {e for e in window if sched.ports(e)[0] == taken}
-    assert recorder.bind_errors == [taken]
+    assert recorder.open_errors == [(taken, "bind")]
     peer_sockets.close()
 
 
@@ -151,3 +151,12 @@ def test_a_taken_port_is_tried_again_once_freed() -> None:
     peer_sockets.update(now_ms + SOCKET_RETRY_MS)
     assert EPOCH in peer_sockets.by_epoch
     peer_sockets.close()
+
+
+def test_an_endpoint_without_route_is_reported_per_socket_not_raised() -> None:
+    sched = schedule()
+    recorder = Recorder()
+    peer_sockets = recorder.sockets(sched, ipaddress.ip_address("198.18.0.9"))
+    peer_sockets.update(mid(sched, EPOCH))
+    assert peer_sockets.by_epoch == {}
+    assert {step for _, step in recorder.open_errors} == {"connect"}

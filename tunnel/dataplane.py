@@ -47,7 +47,8 @@ from .tun import Tun
 log = logging.getLogger("hopr-tunnel.dataplane")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-PortHook = Callable[[Peer, int, OSError], None]  # (peer, our port, bind error)
+# (peer, (our port, peer port), "bind" or "connect", the kernel's error)
+OpenErrorHook = Callable[[Peer, tuple[int, int], str, OSError], None]
 MS = 1_000_000
 TIMER_MAX_S = 1.0  # re-read the wall clock at least this often (clock steps)
 DEBUG_EVERY_NS = 10**9  # per-packet DEBUG lines: at most one a second
@@ -71,11 +72,11 @@ class DataPlane:
         tun: Tun,
         listen: Address,
         loop: asyncio.AbstractEventLoop,
-        on_port_taken: PortHook | None = None,
+        on_open_error: OpenErrorHook | None = None,
         on_tun_lost: Callable[[OSError], None] | None = None,
     ) -> None:
         self.node = node
-        self.on_port_taken = on_port_taken
+        self.on_open_error = on_open_error
         self.on_tun_lost = on_tun_lost
         self.tun = tun
         self.listen = listen
@@ -137,7 +138,9 @@ class DataPlane:
             endpoint,
             on_open=lambda hop: self._watch(peer, hop),
             on_close=self._unwatch,
-            on_bind_error=lambda port, exc: self._bind_failed(peer, port, exc),
+            on_open_error=lambda ports, step, exc: self._open_failed(
+                peer, ports, step, exc
+            ),
         )
         self.sockets[name] = peer_sockets
         peer_sockets.update(now_ns // MS)
@@ -160,10 +163,12 @@ class DataPlane:
             peer_sockets.retry_ms.clear()
             peer_sockets.update(now_ms)
 
-    def _bind_failed(self, peer: Peer, port: int, exc: OSError) -> None:
-        self.peer_errors[peer.name].count("bind", exc)
-        if self.on_port_taken is not None:
-            self.on_port_taken(peer, port, exc)
+    def _open_failed(
+        self, peer: Peer, ports: tuple[int, int], step: str, exc: OSError
+    ) -> None:
+        self.peer_errors[peer.name].count(step, exc)
+        if self.on_open_error is not None:
+            self.on_open_error(peer, ports, step, exc)
 
     # -- readers ---------------------------------------------------------------------
 

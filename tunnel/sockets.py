@@ -15,8 +15,9 @@ the hop (break). Two epochs of the window may draw the same 4-tuple; they then
 share one socket, and `HopSocket.epochs` names both, which is what the core's
 `on_datagram` wants to know.
 
-A port some other process holds (bind fails) costs the peer that epoch only: the
-failure goes to `on_bind_error` and the port is tried again after
+A port some other process holds (bind fails), or an endpoint with no route
+(connect fails), costs the peer those epochs only: the failure goes to
+`on_open_error`, naming the step, and the 4-tuple is tried again after
 SOCKET_RETRY_MS. Nothing here reads the protocol: the schedule gives ports.
 """
 
@@ -32,7 +33,9 @@ from .schedule import PairSchedule
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Ports = tuple[int, int]  # (our port, peer's port)
-BindErrorHook = Callable[[int, OSError], None]  # (our port, the error)
+OpenErrorHook = Callable[
+    [Ports, str, OSError], None
+]  # (ports, "bind"|"connect", error)
 SocketHook = Callable[["HopSocket"], None]
 
 
@@ -55,14 +58,14 @@ class PeerSockets:
         endpoint: Address,
         on_open: SocketHook,
         on_close: SocketHook,
-        on_bind_error: BindErrorHook,
+        on_open_error: OpenErrorHook,
     ) -> None:
         self.schedule = schedule
         self.listen = listen
         self.endpoint = endpoint
         self.on_open = on_open
         self.on_close = on_close
-        self.on_bind_error = on_bind_error
+        self.on_open_error = on_open_error
         self.by_ports: dict[Ports, HopSocket] = {}
         self.by_epoch: dict[int, HopSocket] = {}
         self.retry_ms: dict[Ports, int] = {}  # ports whose bind failed: when to retry
@@ -120,9 +123,9 @@ class PeerSockets:
             return None
         try:
             sock = open_connected(self.listen, ports[0], self.endpoint, ports[1])
-        except OSError as exc:
+        except OpenFailed as failed:
             self.retry_ms[ports] = now_ms + SOCKET_RETRY_MS
-            self.on_bind_error(ports[0], exc)
+            self.on_open_error(ports, failed.step, failed.error)
             return None
         self.retry_ms.pop(ports, None)
         hop = HopSocket(sock, ports, ())
@@ -135,20 +138,35 @@ class PeerSockets:
         hop.sock.close()
 
 
+class OpenFailed(Exception):
+    """A hop socket could not be set up: at which step, and the kernel's error."""
+
+    def __init__(self, step: str, error: OSError) -> None:
+        super().__init__(step, error)
+        self.step = step
+        self.error = error
+
+
 def open_connected(
     listen: Address, our_port: int, endpoint: Address, peer_port: int
 ) -> socket.socket:
-    """A non-blocking UDP socket bound to (listen, our_port), connected onward."""
+    """A non-blocking UDP socket bound to (listen, our_port), connected onward;
+    OpenFailed if the kernel refuses the bind or the connect."""
     family = socket.AF_INET6 if listen.version == 6 else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    step = "bind"
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         _grow_buffers(sock)
         sock.bind((str(listen), our_port))
+        step = "connect"
         sock.connect((str(endpoint), peer_port))
         sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise OpenFailed(step, exc) from None
     except BaseException:
         sock.close()
         raise
