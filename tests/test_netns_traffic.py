@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.netns import Host, Lab, PingResult, ping_stop, require_netns
+from tests.netns import Host, Lab, require_netns
+from tests.netns_results import PingResult, ping_stop
 
 pytestmark = pytest.mark.netns
 

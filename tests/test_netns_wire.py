@@ -7,7 +7,7 @@ several hops of 1 s. From it: every datagram travels on the ports that
 marker never appears in clear; no two datagrams begin with the same 8 bytes.
 Then, on the live pair: ports of epochs that left the window are closed (a
 datagram from the pair's exact old 4-tuple gets ICMP port unreachable), while
-the current 4-tuple takes datagrams without a word.
+the current 4-tuple takes datagrams without an ICMP error.
 """
 
 from __future__ import annotations
@@ -20,14 +20,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.netns import (
-    Datagram,
-    Host,
-    Lab,
-    ping_result,
-    read_datagrams,
-    require_netns,
-)
+from tests.netns import Host, Lab, require_netns
+from tests.netns_results import Datagram, ping_result, read_datagrams
 
 pytestmark = pytest.mark.netns
 
@@ -206,7 +200,9 @@ def test_ports_that_left_the_window_are_closed(wire: Wire) -> None:
         ",".join(f"{s}:{d}" for s, d in pairs),
     )["results"]
     assert len(old) >= 3, "too few old epochs with a port of their own"
-    assert result[0][2] == "silent", f"the current 4-tuple is not open: {result[0]}"
+    # The current 4-tuple is open: silence, or the receiver's hello back to the
+    # probe's (shared) port when it took the probe for data of a lost session.
+    assert result[0][2] in ("silent", "reply"), f"current 4-tuple closed: {result[0]}"
     not_closed = [r for r in result[1:] if r[2] != "refused"]
     assert not not_closed, f"old ports still open (epoch now {now}): {not_closed}"
 
