@@ -47,6 +47,11 @@ def socket_path(ifname: str) -> Path:
     return run_dir() / f"{ifname}.sock"
 
 
+def ports_ledger(ifname: str) -> Path:
+    """Where the agent notes the reserved ports it added (agent/netlink.py)."""
+    return run_dir() / f"{ifname}.ports"
+
+
 # -- server ---------------------------------------------------------------------------
 
 

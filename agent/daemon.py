@@ -37,7 +37,7 @@ from tunnel.tun import Tun, open_tun
 
 from . import logs, sdnotify
 from .config import Config, ConfigError, PeerConfig, diff, load
-from .control import ControlError, ControlServer
+from .control import ControlError, ControlServer, ports_ledger
 from .detach import detached
 from .logs import RateLimit
 from .monitor import Monitor
@@ -136,7 +136,7 @@ class Agent:
             self.link.configure(i.addresses, i.mtu)
         except NetlinkFailure as exc:
             raise StartError(f"{exc}; check {self.cfg.path}") from None
-        self.reserved = ReservedPorts(i.port_range)
+        self.reserved = ReservedPorts(i.port_range, ports_ledger(i.name))
         self.reserved.reserve()
         node = Node(i.private_key, i.hop_ms, i.cipher_id, i.port_range, time.time_ns())
         self.plane = DataPlane(
@@ -333,7 +333,7 @@ class Agent:
             node.cipher_id, node.own_ports = i.cipher_id, i.port_range
         if i.port_range != old.interface.port_range and self.reserved is not None:
             self.reserved.release()
-            self.reserved = ReservedPorts(i.port_range)
+            self.reserved = ReservedPorts(i.port_range, ports_ledger(i.name))
             self.reserved.reserve()
         if i.listen != old.interface.listen:
             self.plane.set_listen(i.listen)

@@ -174,20 +174,32 @@ class Link:
 
 
 class ReservedPorts:
-    """Our port range in net.ipv4.ip_local_reserved_ports while we run."""
+    """Our port range in net.ipv4.ip_local_reserved_ports while we run.
 
-    def __init__(self, port_range: tuple[int, int], path: Path = RESERVED_PORTS):
+    What we added is also written to a ledger file (next to the control socket),
+    so an agent killed with SIGKILL leaves a note: the next agent for the same
+    interface counts those ports as its own to take back, not as the operator's.
+    """
+
+    def __init__(
+        self,
+        port_range: tuple[int, int],
+        ledger: Path | None = None,
+        path: Path = RESERVED_PORTS,
+    ):
         self.path = path
+        self.ledger = ledger
         self.ours = set(range(port_range[0], port_range[1] + 1))
         self.added: set[int] = set()
 
     def reserve(self) -> None:
         """Add our range; a failure is a WARNING, never fatal."""
         try:
-            before = parse_ports(self.path.read_text())
+            before = parse_ports(self.path.read_text()) - self._left_over()
             self.added = self.ours - before
-            if self.added:
-                self.path.write_text(format_ports(before | self.ours) + "\n")
+            self.path.write_text(format_ports(before | self.ours) + "\n")
+            if self.ledger is not None:
+                self.ledger.write_text(format_ports(self.added) + "\n")
         except OSError as exc:
             self.added = set()
             log.warning(
@@ -198,14 +210,22 @@ class ReservedPorts:
                 exc.strerror or exc,
             )
 
+    def _left_over(self) -> set[int]:
+        """Ports a killed predecessor added and never took back."""
+        try:
+            return parse_ports(self.ledger.read_text()) if self.ledger else set()
+        except (OSError, ValueError):
+            return set()
+
     def release(self) -> None:
         """Take back the ports we added, keeping whatever others added since."""
-        if not self.added:
-            return
         try:
-            now = parse_ports(self.path.read_text())
-            # A newline even when empty: the kernel ignores a write of no bytes.
-            self.path.write_text(format_ports(now - self.added) + "\n")
+            if self.added:
+                now = parse_ports(self.path.read_text())
+                # A newline even when empty: the kernel ignores a write of no bytes.
+                self.path.write_text(format_ports(now - self.added) + "\n")
+            if self.ledger is not None:
+                self.ledger.unlink(missing_ok=True)
         except OSError as exc:
             log.warning("cannot restore %s (%s)", self.path, exc.strerror or exc)
         self.added = set()

@@ -86,14 +86,14 @@ def test_close_removes_the_routes_it_added(link: Link) -> None:
 def test_reserving_adds_our_range_to_what_was_there(tmp_path: Path) -> None:
     sysctl = tmp_path / "ip_local_reserved_ports"
     sysctl.write_text("8080\n")
-    ReservedPorts((20000, 20009), sysctl).reserve()
+    ReservedPorts((20000, 20009), path=sysctl).reserve()
     assert sysctl.read_text() == "8080,20000-20009\n"
 
 
 def test_releasing_takes_back_only_the_ports_we_added(tmp_path: Path) -> None:
     sysctl = tmp_path / "ip_local_reserved_ports"
     sysctl.write_text("20005\n")
-    reserved = ReservedPorts((20000, 20009), sysctl)
+    reserved = ReservedPorts((20000, 20009), path=sysctl)
     reserved.reserve()
     sysctl.write_text(sysctl.read_text().strip() + ",30000-30009\n")  # another agent
     reserved.release()
@@ -103,7 +103,7 @@ def test_releasing_takes_back_only_the_ports_we_added(tmp_path: Path) -> None:
 def test_releasing_everything_writes_an_empty_line(tmp_path: Path) -> None:
     sysctl = tmp_path / "ip_local_reserved_ports"
     sysctl.write_text("\n")
-    reserved = ReservedPorts((20000, 20009), sysctl)
+    reserved = ReservedPorts((20000, 20009), path=sysctl)
     reserved.reserve()
     reserved.release()
     assert sysctl.read_text() == "\n"
@@ -112,3 +112,15 @@ def test_releasing_everything_writes_an_empty_line(tmp_path: Path) -> None:
 def test_port_lists_read_back_as_written() -> None:
     text = "22,8000-8010,20000-29999"
     assert format_ports(parse_ports(text)) == text
+
+
+def test_ports_a_killed_agent_left_reserved_are_taken_back_next_time(
+    tmp_path: Path,
+) -> None:
+    sysctl, ledger = tmp_path / "ip_local_reserved_ports", tmp_path / "hopr0.ports"
+    sysctl.write_text("8080\n")
+    ReservedPorts((20000, 20009), ledger, path=sysctl).reserve()  # then SIGKILL
+    successor = ReservedPorts((20000, 20009), ledger, path=sysctl)
+    successor.reserve()
+    successor.release()
+    assert (sysctl.read_text(), ledger.exists()) == ("8080\n", False)
