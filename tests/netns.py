@@ -29,6 +29,7 @@ directory, and prints the agents' logs when the block failed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -72,6 +73,7 @@ def hopr_command() -> list[str]:
 HOPR = hopr_command()
 
 
+@functools.cache
 def unavailable_reason() -> str | None:
     """Why the netns tests cannot run here, or None when they can."""
     if os.geteuid() != 0:
