@@ -50,6 +50,7 @@ import pytest
 from tests.netns_results import PingResult, Transfer, ping_result
 from tunnel import keys
 
+Popen = subprocess.Popen[str]
 TOOLS = Path(__file__).with_name("netns_tools.py")
 CONTROL_DIR = Path("/run/hopr-tunnel")
 NAMES = "abcdefgh"
@@ -437,19 +438,26 @@ class Lab:
         self._procs.append(proc)
         return proc
 
-    def tool(self, ns: str | Host, *argv: str, timeout_s: float = 120) -> Any:
-        """Run a netns_tools command to its end; its JSON result."""
-        done = self.run(ns, sys.executable, str(TOOLS), *argv, timeout_s=timeout_s)
+    def tool(self, ns: str | Host, command: str, **options: Any) -> Any:
+        """Run a netns_tools command to its end; its JSON result.
+
+        Options become flags: marker_hex="00" is --marker-hex 00.
+        """
+        argv = tool_argv(command, options)
+        done = self.run(ns, *argv, timeout_s=120)
         return json.loads(done.stdout.strip().splitlines()[-1])
 
-    def serve(self, ns: str | Host, *argv: str) -> subprocess.Popen[str]:
+    def tool_start(self, ns: str | Host, command: str, **options: Any) -> Popen:
+        """Start a netns_tools command; read its result with last_json."""
+        argv = tool_argv(command, options)
+        return self.popen(ns, *argv, stdout=subprocess.PIPE, text=True)
+
+    def serve(self, ns: str | Host, command: str, **options: Any) -> Popen:
         """Start a serving netns_tools command; return once it is listening."""
-        proc = self.popen(
-            ns, sys.executable, str(TOOLS), *argv, stdout=subprocess.PIPE, text=True
-        )
+        proc = self.tool_start(ns, command, **options)
         assert proc.stdout is not None
         line = proc.stdout.readline()
-        assert line.strip() == "listening", f"{argv[0]} did not start: {line!r}"
+        assert line.strip() == "listening", f"{command} did not start: {line!r}"
         return proc
 
     def show(self, host: Host) -> dict[str, Any]:
@@ -513,23 +521,14 @@ class Lab:
     ) -> Transfer:
         """A TCP transfer of nbytes random bytes from src to dst's tunnel address."""
         addr = dst.tunnel(family)
-        sink = self.serve(dst, "tcp-sink", "--bind", addr, "--port", str(port))
-        source = self.popen(
+        sink = self.serve(dst, "tcp-sink", bind=addr, port=port)
+        source = self.tool_start(
             src,
-            sys.executable,
-            str(TOOLS),
             "tcp-source",
-            "--to",
-            addr,
-            "--port",
-            str(port),
-            "--bytes",
-            str(nbytes),
-            "--rate-bytes-s",
-            str(rate_bytes_s),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
+            to=addr,
+            port=port,
+            bytes=nbytes,
+            rate_bytes_s=rate_bytes_s,
         )
         return Transfer(sink, source, nbytes)
 
@@ -538,23 +537,11 @@ class Lab:
         """tcpdump on the hub's bridge for the block; yields the pcap path."""
         pcap, log = self.tmp / f"{name}.pcap", self.tmp / f"{name}.tcpdump.log"
         with log.open("wb") as err:
-            proc = self.popen(
-                self.hub,
-                "tcpdump",
-                "-i",
-                "br0",
-                "-n",
-                "-U",
-                "--immediate-mode",
-                "-s",
-                "0",
-                "-Z",
-                "root",
-                "-w",
-                str(pcap),
-                bpf,
-                stderr=err,
-            )
+            # Unbuffered (-U, --immediate-mode) so nothing is lost at SIGINT; as
+            # root (-Z) so the file lands in our private temp directory.
+            argv = ["tcpdump", "-i", "br0", "-n", "-U", "--immediate-mode", "-s", "0"]
+            argv += ["-Z", "root", "-w", str(pcap), bpf]
+            proc = self.popen(self.hub, *argv, stderr=err)
         try:
             _wait_for(lambda: b"listening on" in log.read_bytes(), 10, "tcpdump")
             yield pcap
@@ -565,6 +552,13 @@ class Lab:
 
 
 # -- Helpers -----------------------------------------------------------------------
+
+
+def tool_argv(command: str, options: dict[str, Any]) -> list[str]:
+    argv = [sys.executable, str(TOOLS), command]
+    for name, value in options.items():
+        argv += ["--" + name.replace("_", "-"), str(value)]
+    return argv
 
 
 def _in(ns: str | Host, argv: Sequence[str]) -> list[str]:

@@ -49,43 +49,22 @@ STALL_LIMIT_S = 1.0
 
 def send_marked(lab: Lab, a: Host, b: Host, port: int = 7000) -> int:
     """Send MARKED datagrams from a to b over the tunnel; how many b received."""
-    sink = lab.serve(
-        b,
-        "udp-sink",
-        "--bind",
-        b.tunnel_v4,
-        "--port",
-        str(port),
-        "--marker-hex",
-        MARKER.hex(),
-    )
+    sink = listen_for_marked(lab, b, port)
     lab.tool(
         a,
         "udp-send",
-        "--to",
-        b.tunnel_v4,
-        "--port",
-        str(port),
-        "--marker-hex",
-        MARKER.hex(),
-        "--count",
-        str(MARKED),
-        "--interval-s",
-        "0.01",
+        to=b.tunnel_v4,
+        port=port,
+        marker_hex=MARKER.hex(),
+        count=MARKED,
+        interval_s=0.01,
     )
     return stop_sink(sink)
 
 
 def listen_for_marked(lab: Lab, b: Host, port: int = 7000) -> subprocess.Popen[str]:
     return lab.serve(
-        b,
-        "udp-sink",
-        "--bind",
-        b.tunnel_v4,
-        "--port",
-        str(port),
-        "--marker-hex",
-        MARKER.hex(),
+        b, "udp-sink", bind=b.tunnel_v4, port=port, marker_hex=MARKER.hex()
     )
 
 
@@ -111,14 +90,7 @@ def replay(lab: Lab, a: Host, b: Host, datagrams: list[Datagram]) -> None:
     path = lab.tmp / "replay.json"
     path.write_text(json.dumps(items))
     lab.tool(
-        a,
-        "raw-send",
-        "--src",
-        a.underlay(lab.family),
-        "--dst",
-        b.underlay(lab.family),
-        "--file",
-        str(path),
+        a, "raw-send", src=a.underlay(lab.family), dst=b.underlay(lab.family), file=path
     )
     time.sleep(0.3)
 

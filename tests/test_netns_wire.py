@@ -56,14 +56,7 @@ def wire(request: pytest.FixtureRequest) -> Iterator[Wire]:
 def capture_marked_traffic(lab: Lab, a: Host, b: Host) -> Wire:
     count = int(CAPTURE_S / 0.02)
     sink = lab.serve(
-        b,
-        "udp-sink",
-        "--bind",
-        b.tunnel_v6,
-        "--port",
-        "7000",
-        "--marker-hex",
-        MARKER.hex(),
+        b, "udp-sink", bind=b.tunnel_v6, port=7000, marker_hex=MARKER.hex()
     )
     with lab.capture("wire") as pcap:
         pings = [
@@ -72,16 +65,11 @@ def capture_marked_traffic(lab: Lab, a: Host, b: Host) -> Wire:
         lab.tool(
             a,
             "udp-send",
-            "--to",
-            b.tunnel_v6,
-            "--port",
-            "7000",
-            "--marker-hex",
-            MARKER.hex(),
-            "--count",
-            str(UDP_MARKERS),
-            "--interval-s",
-            "0.05",
+            to=b.tunnel_v6,
+            port=7000,
+            marker_hex=MARKER.hex(),
+            count=UDP_MARKERS,
+            interval_s=0.05,
         )
         replies = sum(ping_result(p, 60).received for p in pings)
     sink.terminate()
@@ -187,18 +175,16 @@ def test_ports_that_left_the_window_are_closed(wire: Wire) -> None:
     window = {schedule.ports_of(n)[0] for n in range(now - 1, now + 3)}
     old = [n for n in range(now - 6, now - 1) if schedule.ports_of(n)[0] not in window]
     pairs = [schedule.ports_of(n)[::-1] for n in [now, *old]]  # from a's side
+    probes = ",".join(f"{s}:{d}" for s, d in pairs)
     result = lab.tool(
         a,
         "udp-probe",
-        "--bind",
-        a.underlay(lab.family),
-        "--to",
-        b.underlay(lab.family),
-        "--wait-s",
-        "0.3",
-        "--pairs",
-        ",".join(f"{s}:{d}" for s, d in pairs),
-    )["results"]
+        bind=a.underlay(lab.family),
+        to=b.underlay(lab.family),
+        wait_s=0.3,
+        pairs=probes,
+    )
+    result = result["results"]
     assert len(old) >= 3, "too few old epochs with a port of their own"
     # The current 4-tuple is open: silence, or the receiver's hello back to the
     # probe's (shared) port when it took the probe for data of a lost session.
