@@ -64,12 +64,28 @@ class ControlServer:
         self.server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        """Listen; ControlError, in one sentence, if the socket cannot be made."""
+        directory = self.path.parent
+        try:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ControlError(
+                f"cannot create the control directory {directory} "
+                f"({exc.strerror or exc}); create it (mode 0700), or point "
+                "HOPR_TUNNEL_RUN_DIR at a writable directory."
+            ) from None
         take_over_stale(self.path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         old_umask = os.umask(0o177)  # the socket is born 0600: no window for others
         try:
             sock.bind(str(self.path))
+        except OSError as exc:
+            sock.close()
+            raise ControlError(
+                f"cannot create the control socket {self.path} "
+                f"({exc.strerror or exc}); make {directory} writable for the "
+                "agent, or point HOPR_TUNNEL_RUN_DIR at a directory that is."
+            ) from None
         finally:
             os.umask(old_umask)
         self.server = await asyncio.start_unix_server(self._serve, sock=sock)
