@@ -1,6 +1,7 @@
 """The host side of the TUN device, over rtnetlink (pyroute2; no `ip` commands).
 
-`Link` gives the device its addresses and MTU, brings it up, and keeps one route
+`Link` gives the device its addresses and MTU (and no IPv6 link-local address,
+so the kernel sends nothing of its own into it), brings it up, and keeps one route
 per peer allowed network through it: `set_routes` adds what is missing and
 removes what it added before and is no longer wanted, so a reload touches only
 the routes of peers that came or went. A network inside one of the device's own
@@ -37,6 +38,7 @@ from .config_values import Interface, Network
 log = logging.getLogger("hopr-tunnel.netlink")
 
 IFA_F_NODAD = 0x02  # the TUN is point-to-point: IPv6 duplicate detection only delays
+ADDR_GEN_NONE = 1  # IN6_ADDR_GEN_MODE_NONE: no link-local address (if_link.h)
 RESERVED_PORTS = Path("/proc/sys/net/ipv4/ip_local_reserved_ports")
 
 
@@ -84,6 +86,7 @@ class Link:
     @_on_worker
     def configure(self, addresses: Iterable[Interface], mtu: int) -> None:
         """Set the MTU and exactly these addresses, and bring the device up."""
+        self._no_link_local()
         self._call("set the MTU", "link", "set", index=self.index, mtu=mtu)
         wanted = tuple(addresses)
         for address in self.addresses:
@@ -104,6 +107,21 @@ class Link:
         for network in wanted - self.routes:
             self._route("add", network)
         self.routes = wanted
+
+    def _no_link_local(self) -> None:
+        """No IPv6 link-local address, so the kernel sends nothing of its own.
+
+        Given one, the kernel sends router solicitations and MLD reports into the
+        TUN, which no peer routes: they would only count as drops. Peers reach
+        each other on the configured addresses; nothing here uses link-local.
+        Must come before the device is up. Best effort: with IPv6 disabled on the
+        host the kernel refuses, and then sends no IPv6 anyway.
+        """
+        spec = [["AF_INET6", {"attrs": [["IFLA_INET6_ADDR_GEN_MODE", ADDR_GEN_NONE]]}]]
+        try:
+            self.ipr.link("set", index=self.index, IFLA_AF_SPEC={"attrs": spec})
+        except NetlinkError as exc:
+            log.debug("%s: cannot turn off IPv6 link-local: %s", self.ifname, exc)
 
     def connected(self, network: Network) -> bool:
         """Whether a prefix of the device's own addresses holds `network`."""

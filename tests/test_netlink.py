@@ -64,6 +64,13 @@ def test_configure_sets_the_addresses_mtu_and_brings_the_device_up(link: Link) -
     assert info["mtu"] == 1420 and "UP" in info["flags"]  # type: ignore[operator]
 
 
+def test_the_device_gets_no_ipv6_link_local_address(link: Link) -> None:
+    """Without one the kernel sends no router solicitation or MLD into the TUN."""
+    (info,) = ip_json("addr", "show", "dev", IFNAME)
+    scopes = {a["scope"] for a in info["addr_info"]}  # type: ignore[attr-defined]
+    assert scopes == {"global"}, info["addr_info"]
+
+
 def test_each_allowed_network_outside_the_devices_prefixes_gets_a_route(
     link: Link,
 ) -> None:

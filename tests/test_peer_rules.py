@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -102,6 +104,30 @@ def test_a_packet_from_outside_the_peers_allowed_addresses_is_dropped() -> None:
     ((_, epoch, dgram),) = out.send
     got = deliver(net, a, b, epoch, dgram)
     assert got.drop == "source" and got.tun == []
+
+
+def test_a_packet_to_an_address_no_peer_allows_counts_as_no_route() -> None:
+    net, a, b = connected()
+    out = Output()
+    a.node.on_tun_packet(ipv4_packet("100.64.0.1", "100.64.0.77", 1), a.now(), out)
+    assert (out.drop, out.send, a.node.stats_no_route) == ("no_route", [], 1)
+
+
+def test_multicast_and_broadcast_no_peer_allows_are_discarded_uncounted() -> None:
+    net, a, b = connected()
+    # An MLDv2 report from :: to ff02::16, as a TUN with no link-local sends it.
+    mld_report = bytes.fromhex("6000000000200001") + bytes(16)
+    mld_report += ipaddress.IPv6Address("ff02::16").packed + bytes(32)
+    chatter = [
+        ipv4_packet("100.64.0.1", "224.0.0.251", 1),  # mDNS
+        ipv4_packet("100.64.0.1", "255.255.255.255", 2),
+        mld_report,  # :: -> ff02::16
+    ]
+    for packet in chatter:
+        out = Output()
+        a.node.on_tun_packet(packet, a.now(), out)
+        assert (out.drop, out.send) == (None, [])
+    assert a.node.stats_no_route == 0
 
 
 def test_a_control_message_is_dropped_after_opening() -> None:

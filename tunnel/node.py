@@ -87,8 +87,9 @@ class Node:
         """An inner packet from the TUN: route it by destination, then seal it."""
         peer = self.routes.lookup_dst(packet)
         if peer is None:
-            self.stats_no_route += 1
-            out.drop = "no_route"
+            if not is_multicast(packet):
+                self.stats_no_route += 1
+                out.drop = "no_route"
             return
         peer.on_packet(packet, now_ns, out)
         if self.ephemerals.rotation_requested:
@@ -166,3 +167,18 @@ class Node:
             peer.forget_ephemeral(eph, now_ns, out)
         eph.erase()
         self.ephemerals.drop_erased()
+
+
+def is_multicast(packet: bytes) -> bool:
+    """Whether an inner packet goes to a multicast or broadcast address.
+
+    The host's own stacks send these on every interface (IGMP, MLD, mDNS, ...);
+    with no peer that allows the address they are discarded uncounted, since a
+    `no_route` drop should point at a missing allowed address, not at chatter.
+    """
+    version = packet[0] >> 4 if packet else 0
+    if version == 4 and len(packet) >= 20:
+        return 224 <= packet[16] <= 239 or packet[16:20] == b"\xff\xff\xff\xff"
+    if version == 6 and len(packet) >= 40:
+        return packet[24] == 0xFF
+    return False
