@@ -4,12 +4,14 @@
   dropped and counted in `show --json`; captured before the receiver restarted,
   they never open after it.
 - An agent restarted mid-transfer (SIGTERM, or kill -9) carries traffic again
-  within 2 s of logging ready, with nothing done by hand; SIGTERM leaves no
-  interface, route, socket, reserved port range or control socket behind.
+  within 2 s of logging ready, with nothing done by hand; SIGTERM or SIGINT
+  leaves no interface, route, socket, reserved port range or control socket.
 - A pair whose configs disagree on a key, the psk, hop_interval or the cipher
   passes nothing, and `show --json` says why: hellos sent, none accepted, a hint.
-- SIGHUP with a third peer added to the config neither interrupts a running
-  transfer to the second peer nor delays it, and makes the third reachable.
+- SIGHUP with a config that fails validation is refused with the reason (file
+  and field) and not one ping is lost; SIGHUP with a third peer added to the
+  config neither interrupts a running transfer to the second peer nor delays
+  it, and makes the third reachable.
 
 The lab (tests/netns.py) draws the topology.
 """
@@ -195,13 +197,18 @@ def leftovers(lab: Lab, host: Host) -> dict[str, Any]:
     return {what: value for what, value in found.items() if value}
 
 
-def test_sigterm_leaves_no_interface_route_socket_or_reserved_port() -> None:
+@pytest.mark.parametrize(
+    "sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"]
+)
+def test_a_stop_signal_leaves_no_interface_route_socket_or_reserved_port(
+    sig: int,
+) -> None:
     require_netns()
     with Lab(2, hop_interval="1s") as lab:
         a, b = lab.hosts
         lab.start_all()
         lab.wait_reachable(a, b.tunnel_v4)
-        assert lab.stop(a, signal.SIGTERM) == 0
+        assert lab.stop(a, sig) == 0
         assert leftovers(lab, a) == {}
 
 
@@ -249,6 +256,34 @@ def test_a_mismatch_passes_nothing_and_show_names_the_cause(what: str) -> None:
 
 
 # -- Reload ------------------------------------------------------------------------
+
+
+def test_a_reload_that_fails_validation_is_refused_with_the_reason_and_no_loss() -> (
+    None
+):
+    require_netns()
+    with Lab(2, hop_interval="1s") as lab:
+        a, b = lab.hosts
+        lab.start_all()
+        lab.wait_reachable(a, b.tunnel_v4)
+        offset = a.log.stat().st_size
+        ping = lab.ping_start(a, b.tunnel_v4, 100_000, 0.02)
+        time.sleep(1)
+        lab.write_config(a, interface={"hop_interval": "0.2s"})  # below 1 s
+        lab.send_signal(a, signal.SIGHUP)
+        time.sleep(2)
+        result = ping_stop(ping)
+        refused = [
+            line
+            for line in lab.log_text(a, offset).splitlines()
+            if "reload refused" in line
+        ]
+        assert len(refused) == 1, lab.log_text(a, offset)
+        assert " ERROR " in refused[0] and str(a.config) in refused[0], refused
+        assert "interface.hop_interval" in refused[0], refused
+        assert result.missing_seqs(in_flight=5) == [], result.output[-2000:]
+        (status,) = lab.show(a)["interfaces"]
+        assert status["hop_ms"] == 1000, "the refused config was applied"
 
 
 def test_sighup_adding_a_peer_keeps_a_running_transfer_and_reaches_the_new_peer() -> (
