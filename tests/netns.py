@@ -116,6 +116,8 @@ class Host:
     log: Path
     proc: subprocess.Popen[bytes] | None = None
     ready_at: float | None = None
+    # Runs the agent's command line, e.g. a launcher that restricts it first.
+    command_prefix: tuple[str, ...] = ()
 
     @property
     def public_key(self) -> bytes:
@@ -351,7 +353,8 @@ class Lab:
         log = host.log.open("ab")
         self._files.append(log)
         offset = log.tell()
-        cmd = ["ip", "netns", "exec", host.ns, *HOPR, "up", str(host.config)]
+        cmd = ["ip", "netns", "exec", host.ns, *host.command_prefix]
+        cmd += [*HOPR, "up", str(host.config)]
         cmd += ["--log-level", AGENT_LOG_LEVEL]
         host.proc = subprocess.Popen(
             cmd,
