@@ -8,6 +8,7 @@ one JSON line on stdout at the end.
 
     tcp-sink    accept one TCP connection, hash what arrives, note the longest stall
     tcp-source  send N random bytes over TCP (optionally paced), hash them
+                (both: --mss caps the segment size, e.g. 88 for tiny packets)
     udp-sink    count UDP datagrams, and those that carry a marker, until SIGTERM
     udp-send    send N UDP datagrams that carry a marker
     udp-probe   from exact 4-tuples, see which ports answer ICMP port unreachable
@@ -61,6 +62,7 @@ def exit_on_sigterm() -> None:
 def tcp_sink(args: argparse.Namespace) -> None:
     server = socket.socket(family_of(args.bind), socket.SOCK_STREAM)
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    set_mss(server, args.mss)
     server.bind((args.bind, args.port))
     server.listen(1)
     server.settimeout(ACCEPT_TIMEOUT_S)
@@ -82,12 +84,16 @@ def tcp_sink(args: argparse.Namespace) -> None:
             "sha256": digest.hexdigest(),
             "max_gap_s": round(max_gap_s, 3),
             "seconds": round(last - started, 3),
+            "mss": conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG),
         }
     )
 
 
 def tcp_source(args: argparse.Namespace) -> None:
-    conn = socket.create_connection((args.to, args.port), timeout=IDLE_TIMEOUT_S)
+    conn = socket.socket(family_of(args.to), socket.SOCK_STREAM)
+    set_mss(conn, args.mss)
+    conn.settimeout(IDLE_TIMEOUT_S)
+    conn.connect((args.to, args.port))
     digest, started, sent = hashlib.sha256(), time.monotonic(), 0
     for chunk in random_chunks(args.bytes):
         digest.update(chunk)
@@ -103,6 +109,12 @@ def tcp_source(args: argparse.Namespace) -> None:
             "seconds": round(time.monotonic() - started, 3),
         }
     )
+
+
+def set_mss(sock: socket.socket, mss: int) -> None:
+    """Cap the segments both ways (announced in the SYN); 0 leaves the default."""
+    if mss:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, mss)
 
 
 def random_chunks(total: int) -> Iterator[bytes]:
@@ -232,11 +244,13 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("tcp-sink")
     s.add_argument("--bind", required=True)
     s.add_argument("--port", type=int, required=True)
+    s.add_argument("--mss", type=int, default=0)
     s = sub.add_parser("tcp-source")
     s.add_argument("--to", required=True)
     s.add_argument("--port", type=int, required=True)
     s.add_argument("--bytes", type=int, required=True)
     s.add_argument("--rate-bytes-s", type=int, default=0)
+    s.add_argument("--mss", type=int, default=0)
     s = sub.add_parser("udp-sink")
     s.add_argument("--bind", required=True)
     s.add_argument("--port", type=int, required=True)
