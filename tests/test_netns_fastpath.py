@@ -6,10 +6,11 @@ TCP and UDP superpackets through its TUN device and batches its datagrams with
 UDP GSO and GRO; every test here must hold on that fast path and on the plain
 one alike:
 
-- TCP: 40 MB of random bytes arrive with the sha256 they left with, across
-  several hops, with 0 %, 1 % and 5 % of the underlay's datagrams dropped at
-  random in both directions (tests/netns_loss.py), inner and underlay IPv4 and
-  IPv6; and with 88-byte segments, the smallest Linux allows.
+- TCP: three flows of 20 MB of random bytes, two one way and one back, arrive
+  with the sha256 they left with, across several hops, with 0 %, 1 % and 5 % of
+  the underlay's datagrams dropped at random in both directions
+  (tests/netns_loss.py), inner and underlay IPv4 and IPv6; and one flow in
+  88-byte segments, the smallest Linux allows.
 - Sizes: an echo of every ICMP payload from 0 bytes to the largest that fits the
   tunnel MTU with DF set comes back exact, for IPv4 and IPv6.
 - UDP: datagrams of every size, sent back to back from one socket, arrive each on
@@ -45,10 +46,11 @@ REFUSE = Path(__file__).with_name("refuse_offloads.py")
 TUNNEL_MTU = 1420  # the config's default, which the lab keeps
 IP_HEADER = {4: 20, 6: 40}
 L4_HEADER = 8  # ICMP echo and UDP alike
-# Paced so that a transfer lasts at least 4 s, so it spans at least 3 hop edges
-# however fast the data path is; loss only slows it further.
-TRANSFER_BYTES = 40_000_000
-TRANSFER_RATE_BYTES_S = 10_000_000
+# Three flows at once, two one way and one back, so superpackets of different
+# flows meet in both agents. Each is paced to last at least 4 s, so it spans at
+# least 3 hop edges however fast the data path is; loss only slows it further.
+FLOW_BYTES = 20_000_000
+FLOW_RATE_BYTES_S = 5_000_000
 HOPS_MIN = 3
 TRANSFER_TIMEOUT_S = 180
 TINY_MSS = 88  # TCP_MIN_MSS in Linux: TCP_MAXSEG refuses anything smaller
@@ -145,7 +147,7 @@ LOSS_CASES = [(0, 4, 4), (1, 4, 6), (1, 6, 4), (5, 6, 6), (5, 4, 4)]
     LOSS_CASES,
     ids=[f"loss{p}-inner-v{i}-underlay-v{u}" for p, u, i in LOSS_CASES],
 )
-def test_tcp_transfer_arrives_intact_across_hops_with_underlay_loss(
+def test_tcp_flows_arrive_intact_across_hops_with_underlay_loss(
     loss: int, underlay: int, inner: int
 ) -> None:
     require_netns("nft")
@@ -155,12 +157,18 @@ def test_tcp_transfer_arrives_intact_across_hops_with_underlay_loss(
         start_lab(lab)
         a, b = lab.hosts
         first_epoch = epoch(lab, a)
-        transfer = lab.transfer_start(
-            a, b, inner, TRANSFER_BYTES, rate_bytes_s=TRANSFER_RATE_BYTES_S
-        )
-        assert_same_bytes(transfer.result(TRANSFER_TIMEOUT_S), TRANSFER_BYTES)
+        other = 6 if inner == 4 else 4
+        flows = [(a, b, inner, 5201), (a, b, inner, 5202), (b, a, other, 5203)]
+        transfers = [
+            lab.transfer_start(s, d, f, FLOW_BYTES, port, FLOW_RATE_BYTES_S)
+            for s, d, f, port in flows
+        ]
+        deadline = time.monotonic() + TRANSFER_TIMEOUT_S
+        for transfer in transfers:
+            left_s = max(deadline - time.monotonic(), 1)
+            assert_same_bytes(transfer.result(left_s), FLOW_BYTES)
         hops = epoch(lab, a) - first_epoch
-        assert hops >= HOPS_MIN, f"the transfer crossed only {hops} hops"
+        assert hops >= HOPS_MIN, f"the transfers crossed only {hops} hops"
         if loss:
             assert_loss_happened(lab, loss)
 
@@ -170,8 +178,9 @@ def assert_loss_happened(lab: Lab, percent: int) -> None:
     counts = loss_counts(lab)
     seen = sum(c.seen for c in counts.values())
     dropped = sum(c.dropped for c in counts.values())
-    assert all(c.seen for c in counts.values()), f"a direction was idle: {counts}"
-    assert counts["a"].dropped, f"nothing of the data direction dropped: {counts}"
+    assert all(c.dropped for c in counts.values()), (
+        f"a direction lost nothing: {counts}"
+    )
     # Loose bounds: they check the rule, not the kernel's random numbers.
     assert seen * percent / 300 <= dropped <= seen * percent * 3 / 100, counts
 
@@ -228,7 +237,7 @@ def test_tcp_with_the_smallest_segments_arrives_intact(
         assert_same_bytes(result, TINY_BYTES)
         assert result["received"]["mss"] <= TINY_MSS
         hops = epoch(lab, a) - first_epoch
-        assert hops >= HOPS_MIN, f"the transfer crossed only {hops} hops"
+        assert hops >= HOPS_MIN, f"the transfers crossed only {hops} hops"
 
 
 # -- UDP ---------------------------------------------------------------------------
@@ -277,8 +286,10 @@ def assert_udp_segment_send_arrives_whole(
     sent = [(n, h) for n, h in result["sent"]]
     received = collect_stop(collector)
     assert_only_whole_datagrams(sent, received)
-    assert Counter(received) == Counter(sent), (
-        f"{len(received)} of {len(sent)} datagrams arrived"
+    missing = Counter(sent) - Counter(received)
+    assert not missing, (
+        f"{len(received)} of {len(sent)} datagrams arrived; missing, by length: "
+        f"{sorted(n for n, _ in missing.elements())[:40]}"
     )
 
 
