@@ -7,6 +7,8 @@
 - A scheduled port that another process holds is one WARNING naming the port;
   the agent keeps running and carries traffic after that epoch.
 - Logs, even at debug level, never hold a private key, a psk or an inner payload.
+- A lab leaves no namespace, process, control socket or file behind, whether
+  its block ends well or fails.
 
 The lab (tests/netns.py) draws the topology.
 """
@@ -15,11 +17,12 @@ from __future__ import annotations
 
 import base64
 import signal
+import subprocess
 import time
 
 import pytest
 
-from tests.netns import HOPR, Host, Lab, require_netns
+from tests.netns import CONTROL_DIR, HOPR, Host, Lab, require_netns
 from tests.netns_results import ping_result
 from tunnel import keys
 
@@ -142,3 +145,34 @@ def test_logs_never_hold_a_key_a_psk_or_an_inner_payload(
     for name, text in logs.items():
         assert not [s for s in secrets_ if s in text], f"a key in {name}'s log"
         assert not [p for p in payloads if p in text], f"a payload in {name}'s log"
+
+
+# -- The lab itself ------------------------------------------------------------------
+
+
+class Failed(Exception):
+    """What a test block raises to stand for a failed assertion."""
+
+
+def lab_that_ran(ending: str) -> Lab:
+    """A lab whose agents came up and carried a ping, then closed (or failed)."""
+    try:
+        with Lab(2) as lab:
+            lab.start_all()
+            lab.wait_reachable(lab["a"], lab["b"].tunnel_v4)
+            if ending == "failed":
+                raise Failed
+    except Failed:
+        pass
+    return lab
+
+
+@pytest.mark.parametrize("ending", ["ok", "failed"])
+def test_a_lab_leaves_no_namespace_process_or_file_behind(ending: str) -> None:
+    require_netns()
+    lab = lab_that_ran(ending)
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
+    assert lab.prefix not in namespaces.stdout
+    assert not lab.tmp.exists()
+    assert all(h.proc is not None and h.proc.poll() is not None for h in lab.hosts)
+    assert not [p for h in lab.hosts for p in CONTROL_DIR.glob(f"{h.ifname}.*")]

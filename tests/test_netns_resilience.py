@@ -166,10 +166,12 @@ def test_traffic_resumes_within_2s_of_a_restarted_agent_being_ready(sig: int) ->
         transfer = lab.transfer_start(a, b, 4, 6_000_000, rate_bytes_s=1_000_000)
         ping = lab.ping_start(a, b.tunnel_v4, 100_000, 0.05)
         time.sleep(2)
+        assert transfer.source.poll() is None, "the transfer ended before the restart"
         ready_at = lab.restart(b, sig)
         time.sleep(RESUME_LIMIT_S + 1)
         first = first_reply_after(ping, ready_at)
         assert first is not None, "no reply after the restart"
+        print(f"restart: first reply {first - ready_at:.3f} s after ready")
         assert first - ready_at < RESUME_LIMIT_S, (
             f"resumed {first - ready_at:.2f} s late"
         )
