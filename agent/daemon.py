@@ -33,7 +33,7 @@ import uvloop
 from tunnel.dataplane import DataPlane
 from tunnel.node import Node
 from tunnel.peer import Peer
-from tunnel.tun import Tun, open_tun
+from tunnel.tun import Tun, open_tun_offloaded
 
 from . import logs, sdnotify
 from .config import Config, ConfigError, PeerConfig, diff, load
@@ -130,7 +130,7 @@ class Agent:
         except ControlError as exc:
             self.control = None
             raise StartError(str(exc)) from None
-        self.tun = self._open_tun()
+        self.tun, tun_refused = self._open_tun()
         try:
             self.link = Link(self.tun.name)
             self.link.configure(i.addresses, i.mtu)
@@ -140,17 +140,22 @@ class Agent:
         self.reserved.reserve()
         node = Node(i.private_key, i.hop_ms, i.cipher_id, i.port_range, time.time_ns())
         self.plane = DataPlane(
-            node, self.tun, i.listen, self.loop, self._socket_failed, self._tun_lost
-        )
+            node, self.tun, i.listen, self.loop, self._socket_failed, self._tun_lost,
+            tun_refused,
+        )  # fmt: skip
+        log.info("%s: data path: %s", i.name, self.plane.offloads.describe())
         for peer in self.cfg.peers:
             self._add_peer(peer)
         self.plane.start()
         self._set_routes()
 
-    def _open_tun(self) -> Tun:
+    def _open_tun(self) -> tuple[Tun, str | None]:
+        """The TUN device, with superpackets if the kernel takes them (and the
+        kernel's refusal if not)."""
         name = self.cfg.interface.name
         try:
-            return open_tun(name)
+            tun, _flags, refused = open_tun_offloaded(name)
+            return tun, refused
         except OSError as exc:
             if exc.errno == errno.EBUSY:
                 raise StartError(

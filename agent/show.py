@@ -56,6 +56,8 @@ def interface_status(
     drops = dict(plane.tun_errors.counts)
     if plane.node.stats_no_route:
         drops["no_route"] = plane.node.stats_no_route
+    if plane.node.stats_malformed:
+        drops["malformed"] = plane.node.stats_malformed
     return {
         "name": i.name,
         "pid": os.getpid(),

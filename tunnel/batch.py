@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .constants import COUNTER_MAX, HEADER_LEN, HELLO_FLAG, MIN_DATAGRAM, PAD_TO
-from .datagram import open_
+from .datagram import Buffer, open_
 from .output import Output
 from .peer import MS, Peer
 from .session import SendStepBack, Session
@@ -76,7 +76,7 @@ def _reserve(session: Session, clock_epoch: int, count: int) -> tuple[int, int] 
 
 def open_datagrams(
     peer: Peer,
-    dgrams: Sequence[bytes],
+    dgrams: Sequence[Buffer],
     epochs: tuple[int, ...],
     now_ns: int,
     out: Output,

@@ -17,6 +17,8 @@ from .constants import HEADER_LEN, HELLO_FLAG, MIN_DATAGRAM, PAD_TO
 from .schedule import AEAD
 
 _NONCE_PREFIX = bytes(4)
+# A received datagram: bytes, or a slice of a GRO buffer.
+Buffer = bytes | bytearray | memoryview
 
 
 def seal(aead: AEAD, hp: CipherContext, h: int, plaintext: bytes) -> bytes:
@@ -26,13 +28,13 @@ def seal(aead: AEAD, hp: CipherContext, h: int, plaintext: bytes) -> bytes:
     return (h ^ mask).to_bytes(8, "big") + ct
 
 
-def unmask(hp: CipherContext, datagram: bytes) -> int:
+def unmask(hp: CipherContext, datagram: Buffer) -> int:
     """The header h of a datagram at least MIN_DATAGRAM long."""
     mask = int.from_bytes(hp.update(datagram[HEADER_LEN : HEADER_LEN + 16])[:8], "big")
     return int.from_bytes(datagram[:HEADER_LEN], "big") ^ mask
 
 
-def open_(aead: AEAD, h: int, datagram: bytes) -> bytes | None:
+def open_(aead: AEAD, h: int, datagram: Buffer) -> bytes | None:
     """The plaintext, or None if the datagram does not open under this key."""
     ad = h.to_bytes(8, "big")
     try:
@@ -45,7 +47,7 @@ def is_hello(h: int) -> bool:
     return bool(h & HELLO_FLAG)
 
 
-def long_enough(datagram: bytes) -> bool:
+def long_enough(datagram: Buffer) -> bool:
     return len(datagram) >= MIN_DATAGRAM
 
 

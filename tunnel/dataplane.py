@@ -33,12 +33,15 @@ import ipaddress
 import logging
 import os
 import select
+import socket
 import time
 from collections.abc import Callable, Iterable
 
+from . import udpoffload
 from .batch import open_datagrams
-from .constants import IO_BATCH, RECV_BUFFER, TUN_READ_MAX
+from .constants import IO_BATCH, PAD_TO, RECV_BUFFER, SEND_BATCH, TUN_READ_MAX
 from .node import Node
+from .offload import VNET_HDR_LEN, MalformedPacket, coalesce, split
 from .output import Output
 from .peer import Peer
 from .sockets import Address, HopSocket, PeerSockets
@@ -50,8 +53,12 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 # (peer, (our port, peer port), "bind" or "connect", the kernel's error)
 OpenErrorHook = Callable[[Peer, tuple[int, int], str, OSError], None]
 MS = 1_000_000
+# A send that fails with one of these was refused for its GSO cmsg, not lost:
+# the kernel or the route's device cannot segment; send one datagram per call.
+GSO_REFUSALS = {errno.EIO, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOPROTOOPT}
 TIMER_MAX_S = 1.0  # re-read the wall clock at least this often (clock steps)
 DEBUG_EVERY_NS = 10**9  # per-packet DEBUG lines: at most one a second
+GRO_SPACE = udpoffload.GRO_CMSG_SPACE
 
 
 class IOErrors:
@@ -65,6 +72,46 @@ class IOErrors:
         self.counts[key] = self.counts.get(key, 0) + 1
 
 
+class Offloads:
+    """Which kernel batching the data path uses, and what the kernel refused.
+
+    TUN: superpackets in and out (tunnel/tunoffload.py), decided when the device
+    is opened; UDP: GSO sends and GRO receives (tunnel/udpoffload.py), probed
+    here on a socket of the listen address's family. Anything refused falls back
+    to one packet per system call on that side only.
+    """
+
+    def __init__(self, tun: Tun, tun_refused: str | None, family: int) -> None:
+        self.tun = tun.vnet_hdr
+        self.refused: list[str] = []
+        if not self.tun:
+            self.refused.append(tun_refused or "TUNSETOFFLOAD: not asked")
+        probe = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        with probe:
+            self.gso = udpoffload.udp_gso_supported(probe)
+            self.gro = udpoffload.enable_udp_gro(probe)
+        if not self.gso:
+            self.refused.append("UDP_SEGMENT: not supported")
+        if not self.gro:
+            self.refused.append("UDP_GRO: not supported")
+
+    def describe(self) -> str:
+        """One line for the log: fast, or plain and why."""
+        if not self.refused:
+            return "fast (TUN superpackets, UDP GSO, UDP GRO)"
+        parts = [
+            "TUN superpackets" if self.tun else "",
+            "UDP GSO" if self.gso else "",
+            "UDP GRO" if self.gro else "",
+        ]
+        using = ", ".join(p for p in parts if p) or "nothing"
+        refused = "; ".join(self.refused)
+        return (
+            f"plain where refused (kernel refused {refused}); batching {using}; "
+            "one packet per system call elsewhere"
+        )
+
+
 class DataPlane:
     def __init__(
         self,
@@ -74,8 +121,11 @@ class DataPlane:
         loop: asyncio.AbstractEventLoop,
         on_open_error: OpenErrorHook | None = None,
         on_tun_lost: Callable[[OSError], None] | None = None,
+        tun_refused: str | None = None,
     ) -> None:
         self.node = node
+        family = socket.AF_INET6 if listen.version == 6 else socket.AF_INET
+        self.offloads = Offloads(tun, tun_refused, family)
         self.on_open_error = on_open_error
         self.on_tun_lost = on_tun_lost
         self.tun = tun
@@ -91,13 +141,14 @@ class DataPlane:
         self.running = False
         self.epoll = select.epoll()
         self.hops: dict[int, tuple[Peer, HopSocket]] = {}  # by socket descriptor
-        self._dgrams: list[bytes] = []  # one socket's datagrams of this wakeup
+        self._dgrams: list[bytes | memoryview] = []  # one socket's, this wakeup
 
     # -- lifecycle -------------------------------------------------------------------
 
     def start(self) -> None:
         self.running = True
-        self.loop.add_reader(self.tun.fd, self._on_tun)
+        on_tun = self._on_tun_vnet if self.tun.vnet_hdr else self._on_tun
+        self.loop.add_reader(self.tun.fd, on_tun)
         self.loop.add_reader(self.epoll.fileno(), self._on_sockets)
         self._on_timer()
 
@@ -173,6 +224,8 @@ class DataPlane:
     # -- readers ---------------------------------------------------------------------
 
     def _watch(self, peer: Peer, hop: HopSocket) -> None:
+        if self.offloads.gro and not udpoffload.enable_udp_gro(hop.sock):
+            self.offloads.gro = False  # one refusal is the kernel's answer for all
         fd = hop.sock.fileno()
         self.hops[fd] = (peer, hop)
         self.epoll.register(fd, select.EPOLLIN)
@@ -199,6 +252,33 @@ class DataPlane:
         self.flush(out)
         self._arm(node.next_deadline_ns(now_ns))
 
+    def _on_tun_vnet(self) -> None:
+        """TUN with offloads: each read is a superpacket and its virtio-net header,
+        split into the wire packets it stands for and sealed as one run."""
+        node, out, fd = self.node, self.out, self.tun.fd
+        now_ns = time.time_ns()
+        for _ in range(IO_BATCH):
+            try:
+                data = os.read(fd, TUN_READ_MAX)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                self._tun_lost(exc)
+                return
+            try:
+                packets = split(data[:VNET_HDR_LEN], memoryview(data)[VNET_HDR_LEN:],
+                                PAD_TO)  # fmt: skip
+            except MalformedPacket:
+                node.stats_malformed += 1
+                continue
+            node.on_tun_packets(packets, now_ns, out)
+            if out.drop is not None:
+                self._debug_drop(None, out.drop, now_ns)
+            if len(out.send) >= SEND_BATCH:
+                self.flush(out)
+        self.flush(out)
+        self._arm(node.next_deadline_ns(now_ns))
+
     def _tun_lost(self, exc: OSError) -> None:
         """A TUN read error never clears; stop reading rather than spin."""
         self.tun_errors.count("read", exc)
@@ -219,9 +299,18 @@ class DataPlane:
     def _drain(self, peer: Peer, hop: HopSocket, now_ns: int) -> None:
         """Read what the socket holds, then open it as one run (tunnel/batch.py)."""
         sock, dgrams = hop.sock, self._dgrams
+        gro = self.offloads.gro
         for _ in range(IO_BATCH):
             try:
-                dgrams.append(sock.recv(RECV_BUFFER))
+                if gro:  # a run of datagrams of one size, laid end to end
+                    data, anc, _flags, _addr = sock.recvmsg(RECV_BUFFER, GRO_SPACE)
+                    size = udpoffload.gro_segment_size(anc)
+                    if size and size < len(data):
+                        dgrams += udpoffload.segments(data, size)
+                        continue
+                else:
+                    data = sock.recv(RECV_BUFFER)
+                dgrams.append(data)
             except BlockingIOError:
                 break
             except OSError as exc:  # e.g. ECONNREFUSED: ICMP for an earlier send
@@ -244,30 +333,96 @@ class DataPlane:
     # -- output ----------------------------------------------------------------------
 
     def flush(self, out: Output) -> None:
-        """Carry out a batch's Output: TUN writes, then datagrams to peers."""
+        """Carry out a batch's Output: TUN writes, then datagrams to peers.
+
+        Consecutive datagrams for one peer and epoch go out in GSO runs, one
+        system call for up to UDP_MAX_SEGMENTS of them.
+        """
+        if out.tun:
+            self._write_tun(out.tun)
+        sends, sockets = out.send, self.sockets
+        i, n = 0, len(sends)
+        while i < n:
+            peer, epoch, _ = sends[i]
+            j = i + 1
+            while j < n and sends[j][0] is peer and sends[j][1] == epoch:
+                j += 1
+            peer_sockets = sockets.get(peer.name)
+            sock = None if peer_sockets is None else peer_sockets.socket_for(epoch)
+            if sock is None:
+                self._count_no_socket(peer, j - i)
+            elif j - i > 1 and self.offloads.gso:
+                group = [d for _, _, d in sends[i:j]]
+                for run in udpoffload.gso_runs(group):
+                    self._send_run(peer, sock, run)
+            else:
+                for k in range(i, j):
+                    self._send(peer, sock, sends[k][2])
+            i = j
+        out.clear()
+
+    def _write_tun(self, packets: list[bytes]) -> None:
         fd = self.tun.fd
-        for packet in out.tun:
+        if self.tun.vnet_hdr:
+            for hdr, packet in coalesce(packets):
+                try:
+                    os.writev(fd, (hdr, packet))
+                except OSError as exc:
+                    self.tun_errors.count("write", exc)
+            return
+        for packet in packets:
             try:
                 os.write(fd, packet)
             except OSError as exc:
                 self.tun_errors.count("write", exc)
-        sockets = self.sockets
-        for peer, epoch, dgram in out.send:
-            peer_sockets = sockets.get(peer.name)
-            sock = None if peer_sockets is None else peer_sockets.socket_for(epoch)
-            if sock is None:
-                self._count_no_socket(peer)
-                continue
+
+    def _send(self, peer: Peer, sock: socket.socket, dgram: bytes) -> None:
+        """One datagram; a pending ICMP error (ECONNREFUSED) is reported by this
+        send instead of sending, so the datagram goes again, once."""
+        for attempt in (0, 1):
             try:
                 sock.send(dgram)
-            except OSError as exc:  # ECONNREFUSED, ENOBUFS, EAGAIN: a lost datagram
+                return
+            except ConnectionRefusedError as exc:
+                if attempt:
+                    self.peer_errors[peer.name].count("send", exc)
+            except OSError as exc:  # ENOBUFS, EAGAIN: a lost datagram
                 self.peer_errors[peer.name].count("send", exc)
-        out.clear()
+                return
 
-    def _count_no_socket(self, peer: Peer) -> None:
+    def _send_run(self, peer: Peer, sock: socket.socket, run: list[bytes]) -> None:
+        """Equal-size datagrams (the last may be shorter) in one GSO sendmsg."""
+        if len(run) == 1:
+            self._send(peer, sock, run[0])
+            return
+        cmsg = [udpoffload.segment_cmsg(len(run[0]))]
+        for attempt in (0, 1):
+            try:
+                sock.sendmsg(run, cmsg)
+                return
+            except ConnectionRefusedError as exc:
+                if attempt:
+                    self.peer_errors[peer.name].count("send", exc)
+            except OSError as exc:
+                if exc.errno not in GSO_REFUSALS:
+                    self.peer_errors[peer.name].count("send", exc)
+                    return
+                self._gso_refused(exc)
+                for dgram in run:
+                    self._send(peer, sock, dgram)
+                return
+
+    def _gso_refused(self, exc: OSError) -> None:
+        self.offloads.gso = False
+        self.offloads.refused.append(f"UDP_SEGMENT on send: {exc.strerror}")
+        log.info("%s: data path: %s", self.tun.name, self.offloads.describe())
+
+    def _count_no_socket(self, peer: Peer, count: int = 1) -> None:
         errors = self.peer_errors.get(peer.name)
         if errors is not None:
-            errors.counts["send_no_socket"] = errors.counts.get("send_no_socket", 0) + 1
+            errors.counts["send_no_socket"] = (
+                errors.counts.get("send_no_socket", 0) + count
+            )
 
     # -- the timer -------------------------------------------------------------------
 

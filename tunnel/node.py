@@ -13,12 +13,14 @@ import ipaddress
 from collections.abc import Iterable
 
 from .allowedips import AllowedIPs
+from .batch import seal_packets
 from .constants import (
     EPHEMERAL_ACTIVE_NS,
     EPHEMERAL_LINGER_NS,
     EPHEMERAL_MAX_AGE_NS,
     EPHEMERAL_ROTATE_NS,
 )
+from .datagram import Buffer
 from .output import Output
 from .peer import Peer
 from .schedule import PairSchedule
@@ -44,6 +46,7 @@ class Node:
         self.routes: AllowedIPs[Peer] = AllowedIPs()
         self.peers: dict[str, Peer] = {}
         self.stats_no_route = 0
+        self.stats_malformed = 0  # TUN superpackets no kernel should hand over
 
     # -- peers --
 
@@ -95,11 +98,25 @@ class Node:
         if self.ephemerals.rotation_requested:
             self._rotate(now_ns, out)
 
+    def on_tun_packets(self, packets: list[bytes], now_ns: int, out: Output) -> None:
+        """The wire packets of one TUN superpacket: one destination, one run."""
+        if len(packets) == 1:
+            self.on_tun_packet(packets[0], now_ns, out)
+            return
+        peer = self.routes.lookup_dst(packets[0])
+        if peer is None:
+            self.stats_no_route += len(packets)
+            out.drop = "no_route"
+            return
+        seal_packets(peer, packets, now_ns, out)
+        if self.ephemerals.rotation_requested:
+            self._rotate(now_ns, out)
+
     def on_datagram(
         self,
         peer: Peer,
         epochs: tuple[int, ...],
-        dgram: bytes,
+        dgram: Buffer,
         now_ns: int,
         out: Output,
     ) -> None:

@@ -33,6 +33,7 @@ from .constants import (
     PENDING_PACKETS_MAX,
     UNKNOWN_SESSION_HELLO_NS,
 )
+from .datagram import Buffer
 from .output import Output
 from .schedule import PairSchedule
 from .session import Ephemeral, Ephemerals, SendStepBack, Session
@@ -107,7 +108,7 @@ class Peer:
         self._maybe_hello(now_ns, out)
 
     def on_datagram(
-        self, dgram: bytes, epochs: tuple[int, ...], now_ns: int, out: Output
+        self, dgram: Buffer, epochs: tuple[int, ...], now_ns: int, out: Output
     ) -> None:
         """A datagram from the socket of the peer's 4-tuple for these epochs."""
         if len(dgram) < MIN_DATAGRAM:
@@ -196,7 +197,7 @@ class Peer:
         self.stats.hellos_sent += 1
 
     def _hello_in(
-        self, dgram: bytes, h: int, epoch: int, now_ns: int, out: Output
+        self, dgram: Buffer, h: int, epoch: int, now_ns: int, out: Output
     ) -> bool:
         """Open, check and apply a hello; False if it does not open in this epoch."""
         plaintext = datagram.open_(self.schedule.keys(epoch).recv_hello, h, dgram)
@@ -305,7 +306,7 @@ class Peer:
         return True
 
     def _data_in(
-        self, dgram: bytes, counter: int, epoch: int, now_ns: int, out: Output
+        self, dgram: Buffer, counter: int, epoch: int, now_ns: int, out: Output
     ) -> bool:
         """Open under the newest sessions; False if none opens it in this epoch."""
         for session in reversed(self.sessions[-MAX_SESSIONS_TRIED:]):

@@ -67,3 +67,26 @@ def set_offload(tun: Tun, flags: int) -> None:
     Only meaningful on a device opened with vnet_hdr=True.
     """
     fcntl.ioctl(tun.fd, TUNSETOFFLOAD, flags)
+
+
+def open_tun_offloaded(name: str) -> tuple[Tun, int, str | None]:
+    """The TUN device with superpackets where the kernel allows them.
+
+    Returns (tun, TUN_F_* flags taken, why not): with flags set the device has a
+    virtio-net header and TSO (and USO) on; otherwise the device is reopened
+    plain, before anyone configured it, and the reason says what the kernel
+    refused. A non-persistent device vanishes with its last descriptor, so the
+    reopen leaves nothing behind.
+    """
+    from .tunoffload import try_offloads
+
+    tun = open_tun(name, vnet_hdr=True)
+    try:
+        flags, why_not = try_offloads(tun.fd)
+    except BaseException:
+        tun.close()
+        raise
+    if flags:
+        return tun, flags, None
+    tun.close()
+    return open_tun(name), 0, why_not

@@ -60,12 +60,26 @@ def enable_offloads(fd: int) -> bool:
 
 def enabled_offloads(fd: int) -> int:
     """enable_offloads, returning the TUN_F_* flags the kernel accepted (or 0)."""
-    if not _has_vnet_hdr(fd) or not _set_vnet_hdr_len(fd, VNET_HDR_LEN):
-        return 0
+    return try_offloads(fd)[0]
+
+
+def try_offloads(fd: int) -> tuple[int, str | None]:
+    """(TUN_F_* flags the kernel accepted, why none were) for the agent's log.
+
+    The reason names the refused interface and the kernel's words, e.g.
+    "TUNSETOFFLOAD: Invalid argument"; it is None when the TCP set was taken.
+    """
+    if not _has_vnet_hdr(fd):
+        return 0, "the device has no IFF_VNET_HDR"
+    refused = _refusal(fd, TUNSETVNETHDRSZ, _INT.pack(VNET_HDR_LEN))
+    if refused is not None:
+        return 0, f"TUNSETVNETHDRSZ: {refused.strerror}"
     for flags in (TCP_OFFLOADS | UDP_OFFLOADS, TCP_OFFLOADS):
-        if _set_offload(fd, flags):
-            return flags
-    return 0
+        refused = _refusal(fd, TUNSETOFFLOAD, flags)
+        if refused is None:
+            return flags, None
+    assert refused is not None
+    return 0, f"TUNSETOFFLOAD: {refused.strerror}"
 
 
 def disable_offloads(fd: int) -> None:
@@ -84,21 +98,16 @@ def _has_vnet_hdr(fd: int) -> bool:
     return bool(_IFREQ.unpack(answer)[1] & IFF_VNET_HDR)
 
 
-def _set_vnet_hdr_len(fd: int, length: int) -> bool:
-    try:
-        fcntl.ioctl(fd, TUNSETVNETHDRSZ, _INT.pack(length))
-    except OSError as e:
-        if e.errno in _REFUSALS:
-            return False
-        raise
-    return True
-
-
 def _set_offload(fd: int, flags: int) -> bool:
+    return _refusal(fd, TUNSETOFFLOAD, flags) is None
+
+
+def _refusal(fd: int, request: int, arg: int | bytes) -> OSError | None:
+    """The kernel's refusal of an ioctl (an option it does not know), or None."""
     try:
-        fcntl.ioctl(fd, TUNSETOFFLOAD, flags)
+        fcntl.ioctl(fd, request, arg)
     except OSError as e:
         if e.errno in _REFUSALS:
-            return False
+            return e
         raise
-    return True
+    return None
