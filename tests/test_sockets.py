@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import time
 
 import pytest
 
 from tests.private_netns import private_netns  # noqa: F401  (fixture)
-from tunnel import keys
+from tunnel import keys, sockets
 from tunnel.constants import CIPHER_AES_256_GCM, SOCKET_RETRY_MS
 from tunnel.schedule import PairSchedule
 from tunnel.sockets import Address, HopSocket, PeerSockets
@@ -160,3 +161,34 @@ def test_an_endpoint_without_route_is_reported_per_socket_not_raised() -> None:
     peer_sockets.update(mid(sched, EPOCH))
     assert peer_sockets.by_epoch == {}
     assert {step for _, step in recorder.open_errors} == {"connect"}
+
+
+def _refused_then_reopened() -> tuple[socket.socket, socket.socket]:
+    """(tx, rx): tx holds a pending ICMP port unreachable; rx now owns the port."""
+    closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx.connect(("127.0.0.1", port))
+    tx.send(b"into a closed port")  # the kernel queues ECONNREFUSED on tx
+    time.sleep(0.05)
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", port))
+    rx.settimeout(2)
+    return tx, rx
+
+
+def test_the_kernel_reports_an_earlier_icmp_error_instead_of_sending() -> None:
+    tx, rx = _refused_then_reopened()
+    with tx, rx, pytest.raises(ConnectionRefusedError):
+        tx.send(b"lost")
+
+
+def test_a_send_that_reports_an_earlier_icmp_error_is_sent_again() -> None:
+    """A peer restarting closes its port for a moment: the ICMP error for a
+    datagram sent then must not cost the next datagram (often a hello)."""
+    tx, rx = _refused_then_reopened()
+    with tx, rx:
+        sockets.send(tx, [b"after the restart"])
+        assert rx.recv(100) == b"after the restart"

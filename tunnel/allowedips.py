@@ -115,7 +115,7 @@ class AllowedIPs(Generic[T]):
             return _probe(self._v6.probes, int.from_bytes(packet[24:40], "big"))
         return None
 
-    def lookup_src(self, packet: bytes) -> T | None:
+    def lookup_src(self, packet: bytes | memoryview) -> T | None:
         """The value owning an inner packet's source; None if not IP."""
         if len(packet) < _IPV4_HEADER_LEN:
             return None

@@ -57,7 +57,7 @@ def pad(packet: bytes) -> bytes:
     return packet + bytes(extra) if extra else packet
 
 
-def inner_length(plaintext: bytes) -> int | None:
+def inner_length(plaintext: Buffer) -> int | None:
     """The inner packet's own length, or None for a control/unknown first byte.
 
     IPv4: total length; IPv6: 40 + payload length. A plaintext too short to hold

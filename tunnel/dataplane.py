@@ -37,13 +37,14 @@ import socket
 import time
 from collections.abc import Callable, Iterable
 
-from . import udpoffload
+from . import sockets, udpoffload
 from .batch import open_datagrams
 from .constants import IO_BATCH, PAD_TO, RECV_BUFFER, SEND_BATCH, TUN_READ_MAX
 from .node import Node
 from .offload import VNET_HDR_LEN, MalformedPacket, coalesce, split
 from .output import Output
 from .peer import Peer
+from .runs import open_gro_run
 from .sockets import Address, HopSocket, PeerSockets
 from .tun import Tun
 
@@ -59,6 +60,7 @@ GSO_REFUSALS = {errno.EIO, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOPROTOOPT}
 TIMER_MAX_S = 1.0  # re-read the wall clock at least this often (clock steps)
 DEBUG_EVERY_NS = 10**9  # per-packet DEBUG lines: at most one a second
 GRO_SPACE = udpoffload.GRO_CMSG_SPACE
+TUN_RUNS_QUEUED = 4  # superpackets (up to 64 KB each) held before a TUN write
 
 
 class IOErrors:
@@ -298,15 +300,21 @@ class DataPlane:
 
     def _drain(self, peer: Peer, hop: HopSocket, now_ns: int) -> None:
         """Read what the socket holds, then open it as one run (tunnel/batch.py)."""
-        sock, dgrams = hop.sock, self._dgrams
-        gro = self.offloads.gro
+        sock, dgrams, out = hop.sock, self._dgrams, self.out
+        gro, superpackets = self.offloads.gro, self.tun.vnet_hdr
         for _ in range(IO_BATCH):
             try:
                 if gro:  # a run of datagrams of one size, laid end to end
                     data, anc, _flags, _addr = sock.recvmsg(RECV_BUFFER, GRO_SPACE)
                     size = udpoffload.gro_segment_size(anc)
                     if size and size < len(data):
-                        dgrams += udpoffload.segments(data, size)
+                        if dgrams:  # keep arrival order
+                            open_datagrams(peer, dgrams, hop.epochs, now_ns, out)
+                            dgrams.clear()
+                        open_gro_run(peer, data, size, hop.epochs, now_ns, out,
+                                     superpackets)  # fmt: skip
+                        if len(out.tun_gso) >= TUN_RUNS_QUEUED:
+                            self.flush(out)
                         continue
                 else:
                     data = sock.recv(RECV_BUFFER)
@@ -338,7 +346,9 @@ class DataPlane:
         Consecutive datagrams for one peer and epoch go out in GSO runs, one
         system call for up to UDP_MAX_SEGMENTS of them.
         """
-        if out.tun:
+        if out.tun_gso:
+            self._write_tun_runs(out)
+        elif out.tun:
             self._write_tun(out.tun)
         sends, sockets = out.send, self.sockets
         i, n = 0, len(sends)
@@ -361,6 +371,20 @@ class DataPlane:
             i = j
         out.clear()
 
+    def _write_tun_runs(self, out: Output) -> None:
+        """Superpackets made whole by tunnel/runs.py, in order with the rest."""
+        done = 0
+        for at, buffers in out.tun_gso:
+            if at > done:
+                self._write_tun(out.tun[done:at])
+                done = at
+            try:
+                os.writev(self.tun.fd, buffers)
+            except OSError as exc:
+                self.tun_errors.count("write", exc)
+        if done < len(out.tun):
+            self._write_tun(out.tun[done:])
+
     def _write_tun(self, packets: list[bytes]) -> None:
         fd = self.tun.fd
         if self.tun.vnet_hdr:
@@ -377,40 +401,25 @@ class DataPlane:
                 self.tun_errors.count("write", exc)
 
     def _send(self, peer: Peer, sock: socket.socket, dgram: bytes) -> None:
-        """One datagram; a pending ICMP error (ECONNREFUSED) is reported by this
-        send instead of sending, so the datagram goes again, once."""
-        for attempt in (0, 1):
-            try:
-                sock.send(dgram)
-                return
-            except ConnectionRefusedError as exc:
-                if attempt:
-                    self.peer_errors[peer.name].count("send", exc)
-            except OSError as exc:  # ENOBUFS, EAGAIN: a lost datagram
-                self.peer_errors[peer.name].count("send", exc)
-                return
+        try:
+            sockets.send(sock, [dgram])
+        except OSError as exc:  # ENOBUFS, EAGAIN, ECONNREFUSED twice: lost
+            self.peer_errors[peer.name].count("send", exc)
 
     def _send_run(self, peer: Peer, sock: socket.socket, run: list[bytes]) -> None:
         """Equal-size datagrams (the last may be shorter) in one GSO sendmsg."""
         if len(run) == 1:
             self._send(peer, sock, run[0])
             return
-        cmsg = [udpoffload.segment_cmsg(len(run[0]))]
-        for attempt in (0, 1):
-            try:
-                sock.sendmsg(run, cmsg)
+        try:
+            sockets.send(sock, run, [udpoffload.segment_cmsg(len(run[0]))])
+        except OSError as exc:
+            if exc.errno not in GSO_REFUSALS:
+                self.peer_errors[peer.name].count("send", exc)
                 return
-            except ConnectionRefusedError as exc:
-                if attempt:
-                    self.peer_errors[peer.name].count("send", exc)
-            except OSError as exc:
-                if exc.errno not in GSO_REFUSALS:
-                    self.peer_errors[peer.name].count("send", exc)
-                    return
-                self._gso_refused(exc)
-                for dgram in run:
-                    self._send(peer, sock, dgram)
-                return
+            self._gso_refused(exc)
+            for dgram in run:
+                self._send(peer, sock, dgram)
 
     def _gso_refused(self, exc: OSError) -> None:
         self.offloads.gso = False

@@ -21,8 +21,12 @@ class Output:
     tun: list[bytes] = field(default_factory=list)
     send: list[tuple[Peer, int, bytes]] = field(default_factory=list)
     drop: str | None = None
+    # GSO writes for a TUN with offloads (tunnel/runs.py): (len(tun) when it was
+    # made, the writev buffers), so the shell keeps them in order with `tun`.
+    tun_gso: list[tuple[int, tuple[bytes, ...]]] = field(default_factory=list)
 
     def clear(self) -> None:
         self.tun.clear()
+        self.tun_gso.clear()
         self.send.clear()
         self.drop = None

@@ -327,16 +327,28 @@ class Peer:
         self, session: Session, plaintext: bytes, size: int, now_ns: int, out: Output
     ) -> None:
         """An authentic, fresh data datagram: confirm its session, deliver."""
+        self.opened_run(session, 1, size, now_ns, out)
+        if not plaintext:
+            return  # a keepalive
+        session.last_data_ns = now_ns
+        self.deliver(plaintext, out)
+
+    def opened_run(
+        self, session: Session, count: int, size: int, now_ns: int, out: Output
+    ) -> None:
+        """`count` authentic, fresh datagrams of `size` bytes in all: count them
+        and confirm their session; the caller delivers what they carry."""
         self.stats.rx_bytes += size
-        self.stats.rx_datagrams += 1
+        self.stats.rx_datagrams += count
         self.stats.last_rx_ns = now_ns
         self.rx_session = session
         if session.peer_eph == self.peer_eph:
             self._set_knows(session.own, now_ns, reset=False)
             self._choose_sealing(now_ns, out)
-        if not plaintext:
-            return  # a keepalive
-        session.last_data_ns = now_ns
+
+    def deliver(self, plaintext: bytes | memoryview, out: Output) -> None:
+        """An opened data plaintext to the TUN if its inner packet is whole and
+        its source is one of this peer's allowed addresses."""
         length = datagram.inner_length(plaintext)
         if length is None:
             self.drop(out, "control")
@@ -345,7 +357,7 @@ class Peer:
         elif self.routes.lookup_src(plaintext) is not self:
             self.drop(out, "source")
         else:
-            out.tun.append(plaintext[:length] if length < len(plaintext) else plaintext)
+            out.tun.append(bytes(plaintext[:length]))
 
     # -- sessions --
 

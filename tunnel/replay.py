@@ -55,3 +55,19 @@ class ReplayWindow:
             return False
         self._seen |= bit
         return True
+
+    def accept_run(self, first: int, count: int) -> bool:
+        """Mark counters first .. first+count-1 seen, if all are above the
+        highest so far (a GRO run in order); False, changing nothing, if not:
+        the caller then accepts them one by one."""
+        if first <= self.highest or count < 1:
+            return False
+        last = first + count - 1
+        ahead = last - self.highest
+        run = (1 << min(count, REPLAY_WINDOW_BITS)) - 1
+        if ahead < REPLAY_WINDOW_BITS:
+            self._seen = ((self._seen << ahead) | run) & _WINDOW_MASK
+        else:
+            self._seen = run
+        self.highest = last
+        return True

@@ -90,6 +90,20 @@ class Session:
                 del self.windows[old]
         return True
 
+    def accept_run(self, epoch: int, first: int, count: int) -> bool:
+        """`accept` for consecutive counters all above the window; False (nothing
+        changed) when they are not, and the caller accepts them one by one."""
+        window = self.windows.get(epoch)
+        if window is None:
+            window = self.windows[epoch] = ReplayWindow()
+        if not window.accept_run(first, count):
+            return False
+        if epoch > self.recv_epoch:
+            self.recv_epoch = epoch
+            for old in [e for e in self.windows if e < epoch - 1]:
+                del self.windows[old]
+        return True
+
     def erase(self) -> None:
         self.secret = bytes(KEY_LEN)
         self.windows.clear()

@@ -37,6 +37,7 @@ OpenErrorHook = Callable[
     [Ports, str, OSError], None
 ]  # (ports, "bind"|"connect", error)
 SocketHook = Callable[["HopSocket"], None]
+Cmsg = tuple[int, int, bytes]
 
 
 @dataclass(eq=False, slots=True)
@@ -188,3 +189,24 @@ def _grow_buffers(sock: socket.socket) -> None:
             sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER_BYTES)
         except OSError:
             sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER_BYTES)
+
+
+def send(
+    sock: socket.socket, data: list[bytes], cmsg: list[Cmsg] | None = None
+) -> None:
+    """Send `data` (one datagram, or a GSO run with its cmsg) on a connected socket.
+
+    An ICMP error for an earlier datagram (a peer that restarted, a port that
+    was closed) is reported by the next send, as ECONNREFUSED, instead of
+    sending; that send is made again, once. Other errors reach the caller.
+    """
+    for attempt in (0, 1):
+        try:
+            if cmsg is None and len(data) == 1:
+                sock.send(data[0])
+            else:
+                sock.sendmsg(data, cmsg or [])
+            return
+        except ConnectionRefusedError:
+            if attempt:
+                raise

@@ -1,0 +1,137 @@
+"""A GRO run opened whole (tunnel/runs.py) gives what opening it one by one gives."""
+
+from __future__ import annotations
+
+import os
+import struct
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.test_peer_rules import connected
+from tunnel import batch, offload
+from tunnel.constants import PAD_TO
+from tunnel.output import Output
+from tunnel.runs import open_gro_run
+
+MSS = 1368
+ADDRS = bytes([100, 64, 0, 1, 100, 64, 0, 2])
+
+
+def tcp_superpacket(
+    segments: int, last: int = MSS, sport: int = 40000, seq: int = 1
+) -> tuple[bytes, bytes]:
+    """(virtio-net header, packet): TSO from 100.64.0.1 to 100.64.0.2."""
+    payload = os.urandom((segments - 1) * MSS + last)
+    ip = struct.pack(
+        "!BBHHHBBH8s", 0x45, 0, 40 + len(payload), 7, 0x4000, 64, 6, 0, ADDRS
+    )
+    tcp = struct.pack("!HHIIBBHHH", sport, 5201, seq, 1, 5 << 4, 0x18, 512, 0, 0)
+    hdr = offload.VnetHdr(offload.F_NEEDS_CSUM, offload.GSO_TCPV4, 40, MSS, 20, 16)
+    return hdr.pack(), ip + tcp + payload
+
+
+def sealed_run(a: object, packets: list[bytes]) -> tuple[int, bytes, int]:
+    """(epoch, GRO buffer, segment size) for packets a seals for b."""
+    out = Output()
+    batch.seal_packets(a.peer("b"), packets, a.now(), out)  # type: ignore[attr-defined]
+    epochs = {e for _, e, _ in out.send}
+    dgrams = [d for _, _, d in out.send]
+    assert len(epochs) == 1
+    return epochs.pop(), b"".join(dgrams), len(dgrams[0])
+
+
+def wire_packets(vnet: bytes, packet: bytes) -> list[bytes]:
+    return offload.split(vnet, packet)
+
+
+def test_one_tcp_flow_becomes_the_superpacket_the_sender_split() -> None:
+    net, a, b = connected()
+    vnet, packet = tcp_superpacket(40, last=500)
+    segs = wire_packets(vnet, packet)
+    epoch, buf, size = sealed_run(a, offload.split(vnet, packet, PAD_TO))
+    got = Output()
+    open_gro_run(b.peer("a"), buf, size, (epoch,), b.now(), got, superpackets=True)
+    assert got.tun == [] and len(got.tun_gso) == 1
+    at, buffers = got.tun_gso[0]
+    assert at == 0
+    written = (buffers[0], b"".join(buffers[1:]))
+    assert [written] == offload.coalesce(segs)
+    assert b.peer("a").stats.rx_datagrams >= 40
+
+
+def test_without_superpackets_each_segment_is_delivered_as_sent() -> None:
+    net, a, b = connected()
+    vnet, packet = tcp_superpacket(10, last=MSS)
+    segs = wire_packets(vnet, packet)
+    epoch, buf, size = sealed_run(a, offload.split(vnet, packet, PAD_TO))
+    got = Output()
+    open_gro_run(b.peer("a"), buf, size, (epoch,), b.now(), got, superpackets=False)
+    assert got.tun == segs and got.tun_gso == []
+
+
+def test_a_replayed_run_delivers_nothing_and_counts_each_datagram() -> None:
+    net, a, b = connected()
+    vnet, packet = tcp_superpacket(12)
+    epoch, buf, size = sealed_run(a, offload.split(vnet, packet, PAD_TO))
+    peer = b.peer("a")
+    open_gro_run(peer, buf, size, (epoch,), b.now(), Output(), superpackets=True)
+    again = Output()
+    open_gro_run(peer, buf, size, (epoch,), b.now(), again, superpackets=True)
+    assert again.tun == [] and again.tun_gso == []
+    assert peer.stats.drops["replay"] == 12
+
+
+def test_a_forged_datagram_mid_run_costs_only_itself() -> None:
+    net, a, b = connected()
+    vnet, packet = tcp_superpacket(8)
+    segs = wire_packets(vnet, packet)
+    epoch, buf, size = sealed_run(a, offload.split(vnet, packet, PAD_TO))
+    forged = bytearray(buf)
+    forged[3 * size + 100] ^= 1  # one bit of datagram 3's ciphertext
+    got = Output()
+    peer = b.peer("a")
+    open_gro_run(peer, bytes(forged), size, (epoch,), b.now(), got, True)
+    delivered = [b"".join(bufs[1:]) for _, bufs in got.tun_gso] + got.tun
+    assert sorted(delivered) != []
+    for seg in segs[:3] + segs[4:]:
+        assert any(seg[40:] in d for d in delivered)
+    assert not any(segs[3][40:] in d for d in delivered)
+    assert peer.stats.drops["auth"] == 1
+
+
+def test_interleaved_flows_are_all_delivered_in_their_own_order() -> None:
+    net, a, b = connected()
+    one = wire_packets(*tcp_superpacket(6, sport=1000))
+    two = wire_packets(*tcp_superpacket(6, sport=2000, seq=99))
+    mixed = [p for pair in zip(one, two, strict=True) for p in pair]
+    padded = [p + bytes(-len(p) % PAD_TO) for p in mixed]
+    epoch, buf, size = sealed_run(a, padded)
+    got = Output()
+    open_gro_run(b.peer("a"), buf, size, (epoch,), b.now(), got, superpackets=True)
+    assert got.tun == mixed and got.tun_gso == []
+
+
+def test_a_packet_from_an_address_the_peer_does_not_own_is_dropped() -> None:
+    net, a, b = connected()
+    vnet, packet = tcp_superpacket(4)
+    spoofed = bytearray(packet)
+    spoofed[12:16] = bytes([100, 64, 0, 9])  # not a's allowed address
+    segs = offload.split(vnet, bytes(spoofed), PAD_TO)
+    epoch, buf, size = sealed_run(a, segs)
+    got = Output()
+    peer = b.peer("a")
+    open_gro_run(peer, buf, size, (epoch,), b.now(), got, superpackets=True)
+    assert got.tun == [] and got.tun_gso == []
+    assert peer.stats.drops["source"] == 4
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(min_size=0, max_size=4000), st.integers(1, 1500))
+def test_random_bytes_as_a_gro_run_never_raise(data: bytes, size: int) -> None:
+    net, a, b = connected()
+    peer = b.peer("a")
+    epoch = peer.schedule.epoch_at(b.now() // 1_000_000)
+    got = Output()
+    open_gro_run(peer, data, size, (epoch,), b.now(), got, superpackets=True)
+    assert got.tun == [] and got.tun_gso == []

@@ -1,0 +1,281 @@
+"""Whole GRO runs opened at once: per-run work in numpy, per-datagram work in C.
+
+UDP GRO hands the I/O shell a buffer of equal-size datagrams from one 4-tuple,
+laid end to end. `batch.open_datagrams` already pays the session lookup and the
+header-mask AES call once per run; this module goes further for the common case
+of a bulk TCP flow, where every datagram of the run is data under the same
+session, in counter order, carrying one segment of one inner TCP flow:
+
+- the datagrams are rows of one numpy array, so unmasking every header is one
+  AES-ECB call and one vector XOR;
+- each row is opened with `decrypt_into` straight into a row of one plaintext
+  buffer: the AEAD call is the only per-datagram Python left;
+- a run of consecutive counters above the replay window is accepted in one step
+  (`Session.accept_run`), otherwise counter by counter;
+- the inner packets' lengths and sources are checked as columns, and a run that
+  is one TCP flow in order becomes a single GSO superpacket for the TUN (the
+  same result `offload.coalesce` reaches packet by packet).
+
+Whenever a run is not that common case (a hello, a datagram that does not open,
+a replayed counter, a mix of flows), the rows go the general way, so the rules
+of PROTOCOL.md are applied by the same code as for single datagrams.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+from cryptography.exceptions import InvalidTag
+
+from .batch import _run_session
+from .constants import HEADER_LEN, MIN_DATAGRAM, TAG_LEN
+from .offload import (
+    F_NEEDS_CSUM,
+    GSO_ECN,
+    GSO_TCPV4,
+    GSO_TCPV6,
+    IPPROTO_TCP,
+    TCP_ACK,
+    TCP_CSUM_OFFSET,
+    TCP_CWR,
+    TCP_PSH,
+    VnetHdr,
+    _pseudo_sum,
+    _shape_mask,
+    checksum,
+)
+from .output import Output
+from .peer import Peer
+from .session import Session
+
+_NONCE_PREFIX = bytes(4)
+_OVERHEAD = HEADER_LEN + TAG_LEN
+_CLOSING = 0x01 | 0x02 | 0x04 | 0x20  # FIN, SYN, RST, URG travel alone
+_SHAPES: dict[tuple[int, int], np.ndarray] = {}
+
+
+def open_gro_run(
+    peer: Peer,
+    buf: bytes,
+    size: int,
+    epochs: tuple[int, ...],
+    now_ns: int,
+    out: Output,
+    superpackets: bool,
+) -> None:
+    """Open a GRO buffer of datagrams of `size` bytes (the last may be shorter).
+
+    With `superpackets` (the TUN takes GSO writes) a run that is one TCP flow in
+    order is handed over as one GSO write in `out.tun_gso`;
+    otherwise its inner packets go to `out.tun` one by one.
+    """
+    view = memoryview(buf)
+    full = len(buf) // size
+    last = len(buf) - full * size or size  # the last datagram's size
+    rows = full if last == size else full + 1
+    session = _run_session(peer, epochs, now_ns)
+    if (
+        session is None
+        or rows < 2
+        or size <= MIN_DATAGRAM + 16
+        or last <= MIN_DATAGRAM + 16
+    ):
+        _general(peer, view, size, 0, epochs, now_ns, out)
+        return
+    epoch = epochs[0]
+    grid = np.frombuffer(buf, np.uint8, full * size).reshape(full, size)
+    samples = grid[:, 8:24].tobytes()
+    heads = np.ascontiguousarray(grid[:, :HEADER_LEN]).tobytes()
+    if rows > full:  # the shorter last datagram
+        at = full * size
+        samples += buf[at + 8 : at + 24]
+        heads += buf[at : at + 8]
+    masks = peer.schedule.keys(epoch).recv_hp.update(samples)
+    counters = np.frombuffer(heads, ">u8") ^ np.frombuffer(masks, ">u8")[::2]
+    if int(counters.max()) >> 63:  # a hello among them: rare, the general way
+        _general(peer, view, size, 0, epochs, now_ns, out)
+        return
+    plen = size - _OVERHEAD
+    plain = bytearray(rows * plen)
+    pview = memoryview(plain)
+    decrypt = peer.schedule.recv_data_aead(epoch, session.secret).decrypt_into
+    numbers = counters.tolist()
+    for i, counter in enumerate(numbers):
+        ad = counter.to_bytes(8, "big")
+        at = i * size
+        end = min(at + size, len(buf))
+        try:
+            decrypt(_NONCE_PREFIX + ad, view[at + HEADER_LEN : end], ad,
+                    pview[i * plen : i * plen + end - at - _OVERHEAD])  # fmt: skip
+        except InvalidTag:  # another session, or forged: the general way
+            _opened_rows(peer, session, epoch, numbers[:i], plain, plen, last,
+                         size, now_ns, out, superpackets)  # fmt: skip
+            _general(peer, view, size, i, epochs, now_ns, out)
+            return
+    _opened_rows(peer, session, epoch, numbers, plain, plen, last, size, now_ns,
+                 out, superpackets)  # fmt: skip
+
+
+def _general(
+    peer: Peer,
+    view: memoryview,
+    size: int,
+    first_row: int,
+    epochs: tuple[int, ...],
+    now_ns: int,
+    out: Output,
+) -> None:
+    """Rows from first_row on, each through Peer.on_datagram."""
+    for at in range(first_row * size, len(view), size):
+        peer.on_datagram(view[at : at + size], epochs, now_ns, out)
+
+
+def _opened_rows(
+    peer: Peer,
+    session: Session,
+    epoch: int,
+    counters: list[int],
+    plain: bytearray,
+    plen: int,
+    last: int,
+    size: int,
+    now_ns: int,
+    out: Output,
+    superpackets: bool,
+) -> None:
+    """Replay-check, count and deliver rows that opened under `session`.
+
+    Rows are plen bytes of plain; the row of the run's last datagram, if it is
+    among them, holds only last - overhead bytes of plaintext (then zeros)."""
+    n = len(counters)
+    if n == 0:
+        return
+    first = counters[0]
+    if counters[-1] - first == n - 1 and session.accept_run(epoch, first, n):
+        fresh = list(range(n))
+    else:
+        fresh = []
+        for i, counter in enumerate(counters):
+            if session.accept(epoch, counter):
+                fresh.append(i)
+            else:
+                peer.drop(out, "replay")
+        if not fresh:
+            return
+    sizes = [size] * len(fresh)
+    if last != size and fresh[-1] == len(plain) // plen - 1:
+        sizes[-1] = last  # the run's shorter last datagram opened
+    peer.opened_run(session, len(fresh), sum(sizes), now_ns, out)
+    session.last_data_ns = now_ns
+    grid = np.frombuffer(plain, np.uint8, n * plen).reshape(n, plen)
+    if len(fresh) < n:
+        grid = grid[fresh]
+        plain = bytearray(grid.tobytes())
+    if not _deliver_flow(peer, grid, sizes[-1] - _OVERHEAD, out, superpackets):
+        pview = memoryview(plain)
+        for i, dsize in enumerate(sizes):
+            peer.deliver(pview[i * plen : i * plen + dsize - _OVERHEAD], out)
+
+
+def _deliver_flow(
+    peer: Peer, grid: np.ndarray, last_plen: int, out: Output, superpackets: bool
+) -> bool:
+    """Deliver rows that are whole packets from one of the peer's addresses;
+    as one superpacket when they are one TCP flow in order. False: not that
+    case, nothing done (the caller delivers row by row)."""
+    rows, plen = grid.shape
+    version = grid[0, 0] >> 4
+    if version == 4:
+        if not (grid[:, 0] == 0x45).all():
+            return False
+        lengths = (grid[:, 2].astype(np.int64) << 8) | grid[:, 3]
+        src = slice(12, 16)
+        l4 = 20
+    elif version == 6:
+        if not ((grid[:, 0] >> 4) == 6).all():
+            return False
+        lengths = 40 + ((grid[:, 4].astype(np.int64) << 8) | grid[:, 5])
+        src = slice(8, 24)
+        l4 = 40
+    else:
+        return False
+    if int(lengths.min()) < l4 or int(lengths.max()) > plen:
+        return False
+    if int(lengths[-1]) > last_plen:
+        return False
+    sources = grid[:, src]
+    if not (sources == sources[0]).all():
+        return False
+    first = grid[0].tobytes()
+    if peer.routes.lookup_src(first) is not peer:
+        return False
+    if superpackets and _superpacket(grid, lengths, l4, out):
+        return True
+    for i, length in enumerate(lengths.tolist()):
+        out.tun.append(grid[i, :length].tobytes())
+    return True
+
+
+def _superpacket(grid: np.ndarray, lengths: np.ndarray, l4: int, out: Output) -> bool:
+    """One in-order TCP flow of full segments (the last may be shorter) as one
+    GSO write; False if the rows are anything else."""
+    rows = len(grid)
+    proto = grid[0, 9] if l4 == 20 else grid[0, 6]
+    if proto != IPPROTO_TCP:
+        return False
+    if l4 == 20 and ((grid[:, 6] & 0x3F).any() or grid[:, 7].any()):
+        return False  # fragments
+    thl = int(grid[0, l4 + 12] >> 4) * 4
+    hlen = l4 + thl
+    if thl < 20 or not (grid[:, l4 + 12] == grid[0, l4 + 12]).all():
+        return False
+    flags = grid[:, l4 + 13]
+    if (flags & _CLOSING).any() or not (flags & TCP_ACK).all():
+        return False
+    if (flags[1:] & TCP_CWR).any():
+        return False
+    payload = lengths - hlen
+    mss = int(payload[0])
+    if mss <= 0 or (payload[:-1] != mss).any() or not 0 < int(payload[-1]) <= mss:
+        return False
+    shape = _shape(l4, thl)
+    heads = grid[:, :hlen] & shape
+    if not (heads == heads[0]).all():
+        return False
+    seq = grid[:, l4 + 4 : l4 + 8].astype(np.int64)
+    seq = (seq[:, 0] << 24) | (seq[:, 1] << 16) | (seq[:, 2] << 8) | seq[:, 3]
+    expected = (int(seq[0]) + mss * np.arange(rows, dtype=np.int64)) & 0xFFFFFFFF
+    if not (seq == expected).all():
+        return False
+    total = hlen + int(payload.sum())
+    hdr = bytearray(grid[0, :hlen].tobytes())
+    if l4 == 20:
+        struct.pack_into("!H", hdr, 2, total)
+        struct.pack_into("!H", hdr, 10, 0)
+        struct.pack_into("!H", hdr, 10, checksum(hdr[:20]))
+    else:
+        struct.pack_into("!H", hdr, 4, total - 40)
+    # PSH mid-run (the end of each sender's TSO write) is kept on the last
+    # segment, as GRO in the kernel does: Linux receivers do not act on it.
+    hdr[l4 + 13] |= TCP_PSH if (flags & TCP_PSH).any() else 0
+    partial = (_pseudo_sum(hdr, IPPROTO_TCP) + total - l4) % 0xFFFF
+    struct.pack_into("!H", hdr, l4 + TCP_CSUM_OFFSET, partial)
+    gso = (GSO_TCPV4 if l4 == 20 else GSO_TCPV6) | (
+        GSO_ECN if int(flags[0]) & TCP_CWR else 0
+    )
+    vnet = VnetHdr(F_NEEDS_CSUM, gso, hlen, mss, l4, TCP_CSUM_OFFSET).pack()
+    body = grid[:-1, hlen : hlen + mss].tobytes()
+    last = grid[-1, hlen : int(lengths[-1])].tobytes()
+    out.tun_gso.append((len(out.tun), (vnet, bytes(hdr), body, last)))
+    return True
+
+
+def _shape(l4: int, thl: int) -> np.ndarray:
+    """The header bytes that must be equal within a run, as a uint8 mask."""
+    mask = _SHAPES.get((l4, thl))
+    if mask is None:
+        as_int = _shape_mask(l4, thl)
+        mask = np.frombuffer(as_int.to_bytes(l4 + thl, "big"), np.uint8).copy()
+        _SHAPES[l4, thl] = mask
+    return mask
