@@ -61,7 +61,8 @@ fi
 # extra NAME HOP: one hopr-tunnel contender for peers.sh's --extra hook.
 EXTRA=()
 extra() {
-    local up="exec $HOPR up --log-level warning \"\$HB_CONF\""
+    # Each side its own control directory: both name their interface hopr0.
+    local up="HOPR_TUNNEL_RUN_DIR=\"\$HB_DIR/run\" exec $HOPR up --log-level warning \"\$HB_CONF\""
     local prep
     prep="$(printf '%q %q' "$PY" "$HERE/mkconf.py") \"\$HB_CONF_A\" \"\$HB_CONF_B\""
     prep+=" --hop-interval $2 --cipher aes-256-gcm"
