@@ -135,3 +135,20 @@ def test_random_bytes_as_a_gro_run_never_raise(data: bytes, size: int) -> None:
     got = Output()
     open_gro_run(peer, data, size, (epoch,), b.now(), got, superpackets=True)
     assert got.tun == [] and got.tun_gso == []
+
+
+def test_stretches_of_interleaved_flows_each_become_a_superpacket() -> None:
+    net, a, b = connected()
+    one = wire_packets(*tcp_superpacket(6, sport=1000))
+    two = wire_packets(*tcp_superpacket(5, sport=2000, seq=99))
+    three = wire_packets(*tcp_superpacket(1, sport=3000, seq=7))
+    packets = one[:3] + two + three + one[3:]
+    padded = [p + bytes(-len(p) % PAD_TO) for p in packets]
+    epoch, buf, size = sealed_run(a, padded)
+    got = Output()
+    open_gro_run(b.peer("a"), buf, size, (epoch,), b.now(), got, superpackets=True)
+    written = [(bufs[0], b"".join(bufs[1:])) for _, bufs in got.tun_gso]
+    assert written == (
+        offload.coalesce(one[:3]) + offload.coalesce(two) + offload.coalesce(one[3:])
+    )
+    assert got.tun == three and [at for at, _ in got.tun_gso] == [0, 0, 1]

@@ -90,12 +90,9 @@ class Offloads:
             self.refused.append(tun_refused or "TUNSETOFFLOAD: not asked")
         probe = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         with probe:
-            self.gso = udpoffload.udp_gso_supported(probe)
-            self.gro = udpoffload.enable_udp_gro(probe)
-        if not self.gso:
-            self.refused.append("UDP_SEGMENT: not supported")
-        if not self.gro:
-            self.refused.append("UDP_GRO: not supported")
+            refusals = [udpoffload.gso_refusal(probe), udpoffload.gro_refusal(probe)]
+        self.gso, self.gro = (r is None for r in refusals)
+        self.refused += [r for r in refusals if r is not None]
 
     def describe(self) -> str:
         """One line for the log: fast, or plain and why."""

@@ -49,13 +49,29 @@ def segment_cmsg(segment_bytes: int) -> Cmsg:
 
 def udp_gso_supported(sock: socket.socket) -> bool:
     """True if the kernel knows UDP_SEGMENT (probed without changing sock)."""
+    return gso_refusal(sock) is None
+
+
+def gso_refusal(sock: socket.socket) -> str | None:
+    """None if the kernel knows UDP_SEGMENT, else its refusal, for the log."""
     try:
         sock.getsockopt(SOL_UDP, UDP_SEGMENT)
     except OSError as e:
         if e.errno in _REFUSALS:
-            return False
+            return f"UDP_SEGMENT: {e.strerror}"
         raise
-    return True
+    return None
+
+
+def gro_refusal(sock: socket.socket) -> str | None:
+    """None once UDP_GRO is on for sock, else the kernel's refusal."""
+    try:
+        sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+    except OSError as e:
+        if e.errno in _REFUSALS:
+            return f"UDP_GRO: {e.strerror}"
+        raise
+    return None
 
 
 def enable_udp_gro(sock: socket.socket) -> bool:
