@@ -8,6 +8,7 @@ carry the superpacket's payload byte for byte, as the kernel's own GSO would.
 from __future__ import annotations
 
 import os
+import struct
 
 import pytest
 from hypothesis import given, settings
@@ -416,3 +417,47 @@ def test_any_uso_superpacket_splits_into_valid_datagrams(
     assert all(checksums_verify(s) for s in segments)
     assert payloads(segments) == payload
     assert coalesce(segments) == [(ZERO_VNET_HDR, s) for s in segments]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.booleans(),
+    st.integers(2, 46),
+    st.sampled_from([1, 88, 536, 1348, 1368, 1400]),
+    st.integers(0, 255),
+    st.booleans(),
+    st.data(),
+)
+def test_split_into_rows_is_split_byte_for_byte(
+    v6: bool, segments: int, mss: int, flags: int, timestamps: bool, data: st.DataObject
+) -> None:
+    last = data.draw(st.integers(1, mss))
+    payload = bytes(range(256)) * (((segments - 1) * mss + last) // 256 + 1)
+    payload = payload[: (segments - 1) * mss + last]
+    options = bytes([1, 1, 8, 10]) + bytes(range(8)) if timestamps else b""
+    thl = 20 + len(options)
+    tcp = struct.pack("!HHIIBBHHH", 40000, 5201, 0xFFFFFF00, 1, (thl // 4) << 4,
+                      flags | offload.TCP_ACK, 512, 0, 0) + options  # fmt: skip
+    if v6:
+        ip = struct.pack("!IHBB16s16s", 0x60000000, thl + len(payload), 6, 64,
+                         bytes(15) + b"\1", bytes(15) + b"\2")  # fmt: skip
+        l4, kind = 40, offload.GSO_TCPV6
+    else:
+        addrs = bytes([100, 64, 0, 1, 100, 64, 0, 2])
+        ip = struct.pack("!BBHHHBBH8s", 0x45, 0, 20 + thl + len(payload), 0xFFFE,
+                         0x4000, 64, 6, 0, addrs)  # fmt: skip
+        l4, kind = 20, offload.GSO_TCPV4
+    vnet = offload.VnetHdr(offload.F_NEEDS_CSUM, kind, l4 + thl, mss, l4, 16).pack()
+    packet = ip + tcp + payload
+    want = offload.split(vnet, packet, 16)
+    found = offload.split_tcp_rows(vnet, packet, 16)
+    assert found is not None
+    rows, lengths = found
+    assert len(rows) == len(want) == len(lengths)
+    for row, length, packet_i in zip(rows, lengths, want, strict=True):
+        assert row[: len(packet_i)].tobytes() == packet_i
+        assert not row[len(packet_i) :].any()
+        own = 40 + int.from_bytes(packet_i[4:6], "big") if v6 else int.from_bytes(
+            packet_i[2:4], "big"
+        )
+        assert length == own

@@ -12,7 +12,7 @@ from tests.test_peer_rules import connected
 from tunnel import batch, offload
 from tunnel.constants import PAD_TO
 from tunnel.output import Output
-from tunnel.runs import open_gro_run
+from tunnel.runs import open_gro_run, seal_rows
 
 MSS = 1368
 ADDRS = bytes([100, 64, 0, 1, 100, 64, 0, 2])
@@ -152,3 +152,48 @@ def test_stretches_of_interleaved_flows_each_become_a_superpacket() -> None:
         offload.coalesce(one[:3]) + offload.coalesce(two) + offload.coalesce(one[3:])
     )
     assert got.tun == three and [at for at, _ in got.tun_gso] == [0, 0, 1]
+
+
+def sealed_rows(a: object, vnet: bytes, packet: bytes) -> tuple[int, bytes, int]:
+    """(epoch, buffer, datagram size) a seals for b from a TCP superpacket."""
+    rows, lengths = offload.split_tcp_rows(vnet, packet, PAD_TO) or (None, [])
+    assert rows is not None
+    out = Output()
+    seal_rows(a.peer("b"), rows, lengths, a.now(), out)  # type: ignore[attr-defined]
+    assert out.send == [] and len(out.send_runs) == 1
+    _, _, epoch, size, buf = out.send_runs[0]
+    return epoch, bytes(buf), size
+
+
+def test_sealed_rows_open_one_by_one_as_the_split_packets() -> None:
+    net, a, b = connected()
+    vnet, packet = tcp_superpacket(45, last=77)
+    epoch, buf, size = sealed_rows(a, vnet, packet)
+    got = Output()
+    for at in range(0, len(buf), size):
+        b.node.on_datagram(b.peer("a"), (epoch,), buf[at : at + size], b.now(), got)
+    assert got.tun == wire_packets(vnet, packet)
+    assert a.peer("b").stats.tx_datagrams >= 45
+
+
+def test_sealed_rows_open_as_a_gro_run_into_the_same_superpacket() -> None:
+    net, a, b = connected()
+    vnet, packet = tcp_superpacket(30, last=MSS)
+    epoch, buf, size = sealed_rows(a, vnet, packet)
+    got = Output()
+    open_gro_run(b.peer("a"), buf, size, (epoch,), b.now(), got, superpackets=True)
+    written = [(bufs[0], b"".join(bufs[1:])) for _, bufs in got.tun_gso]
+    assert written == offload.coalesce(wire_packets(vnet, packet))
+
+
+def test_rows_without_a_session_wait_like_single_packets() -> None:
+    net, a, b = connected()
+    b.crash()
+    net.run_until(net.now_ns + 200 * 10**9)  # a's sessions expire while idle
+    vnet, packet = tcp_superpacket(3)
+    rows, lengths = offload.split_tcp_rows(vnet, packet, PAD_TO) or (None, [])
+    assert rows is not None
+    out = Output()
+    seal_rows(a.peer("b"), rows, lengths, a.now(), out)
+    assert out.send_runs == []
+    assert list(a.peer("b").pending) == offload.split(vnet, packet, PAD_TO)

@@ -35,13 +35,13 @@ import os
 import select
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from . import sockets, udpoffload
 from .batch import open_datagrams
 from .constants import IO_BATCH, PAD_TO, RECV_BUFFER, SEND_BATCH, TUN_READ_MAX
 from .node import Node
-from .offload import VNET_HDR_LEN, MalformedPacket, coalesce, split
+from .offload import VNET_HDR_LEN, MalformedPacket, coalesce, split, split_tcp_rows
 from .output import Output
 from .peer import Peer
 from .runs import open_gro_run
@@ -60,6 +60,7 @@ GSO_REFUSALS = {errno.EIO, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOPROTOOPT}
 TIMER_MAX_S = 1.0  # re-read the wall clock at least this often (clock steps)
 DEBUG_EVERY_NS = 10**9  # per-packet DEBUG lines: at most one a second
 GRO_SPACE = udpoffload.GRO_CMSG_SPACE
+Bytes = bytes | memoryview
 TUN_RUNS_QUEUED = 4  # superpackets (up to 64 KB each) held before a TUN write
 
 
@@ -264,13 +265,16 @@ class DataPlane:
             except OSError as exc:
                 self._tun_lost(exc)
                 return
+            vnet, packet = data[:VNET_HDR_LEN], memoryview(data)[VNET_HDR_LEN:]
             try:
-                packets = split(data[:VNET_HDR_LEN], memoryview(data)[VNET_HDR_LEN:],
-                                PAD_TO)  # fmt: skip
+                rows = split_tcp_rows(vnet, packet, PAD_TO)
+                if rows is None:
+                    node.on_tun_packets(split(vnet, packet, PAD_TO), now_ns, out)
+                else:
+                    node.on_tun_rows(rows[0], rows[1], now_ns, out)
             except MalformedPacket:
                 node.stats_malformed += 1
                 continue
-            node.on_tun_packets(packets, now_ns, out)
             if out.drop is not None:
                 self._debug_drop(None, out.drop, now_ns)
             if len(out.send) >= SEND_BATCH:
@@ -347,8 +351,19 @@ class DataPlane:
             self._write_tun_runs(out)
         elif out.tun:
             self._write_tun(out.tun)
-        sends, sockets = out.send, self.sockets
-        i, n = 0, len(sends)
+        done = 0
+        for at, peer, epoch, size, buf in out.send_runs:
+            self._send_datagrams(out.send, done, at)
+            done = at
+            self._send_buffer(peer, epoch, size, buf)
+        self._send_datagrams(out.send, done, len(out.send))
+        out.clear()
+
+    def _send_datagrams(
+        self, sends: list[tuple[Peer, int, bytes]], i: int, n: int
+    ) -> None:
+        """sends[i:n], consecutive ones of a peer and epoch in GSO runs."""
+        sockets = self.sockets
         while i < n:
             peer, epoch, _ = sends[i]
             j = i + 1
@@ -366,7 +381,26 @@ class DataPlane:
                 for k in range(i, j):
                     self._send(peer, sock, sends[k][2])
             i = j
-        out.clear()
+
+    def _send_buffer(self, peer: Peer, epoch: int, size: int, buf: memoryview) -> None:
+        """Datagrams of `size` bytes laid end to end (tunnel/runs.py), in as few
+        GSO sends as the kernel's limits allow."""
+        peer_sockets = self.sockets.get(peer.name)
+        sock = None if peer_sockets is None else peer_sockets.socket_for(epoch)
+        if sock is None:
+            self._count_no_socket(peer, -(-len(buf) // size))
+            return
+        if not self.offloads.gso:
+            for at in range(0, len(buf), size):
+                self._send(peer, sock, buf[at : at + size])
+            return
+        step = size * min(udpoffload.UDP_MAX_SEGMENTS, udpoffload.GSO_MAX_BYTES // size)
+        for at in range(0, len(buf), step):
+            chunk = buf[at : at + step]
+            if len(chunk) <= size:
+                self._send(peer, sock, chunk)
+            else:
+                self._send_run(peer, sock, [chunk], size)
 
     def _write_tun_runs(self, out: Output) -> None:
         """Superpackets made whole by tunnel/runs.py, in order with the rest."""
@@ -397,26 +431,31 @@ class DataPlane:
             except OSError as exc:
                 self.tun_errors.count("write", exc)
 
-    def _send(self, peer: Peer, sock: socket.socket, dgram: bytes) -> None:
+    def _send(self, peer: Peer, sock: socket.socket, dgram: Bytes) -> None:
         try:
             sockets.send(sock, [dgram])
         except OSError as exc:  # ENOBUFS, EAGAIN, ECONNREFUSED twice: lost
             self.peer_errors[peer.name].count("send", exc)
 
-    def _send_run(self, peer: Peer, sock: socket.socket, run: list[bytes]) -> None:
-        """Equal-size datagrams (the last may be shorter) in one GSO sendmsg."""
-        if len(run) == 1:
+    def _send_run(
+        self, peer: Peer, sock: socket.socket, run: Sequence[Bytes], size: int = 0
+    ) -> None:
+        """Equal-size datagrams (the last may be shorter) in one GSO sendmsg:
+        each an item of run, or (size given) laid end to end in run[0]."""
+        if len(run) == 1 and not size:
             self._send(peer, sock, run[0])
             return
+        size = size or len(run[0])
         try:
-            sockets.send(sock, run, [udpoffload.segment_cmsg(len(run[0]))])
+            sockets.send(sock, run, [udpoffload.segment_cmsg(size)])
         except OSError as exc:
             if exc.errno not in GSO_REFUSALS:
                 self.peer_errors[peer.name].count("send", exc)
                 return
             self._gso_refused(exc)
-            for dgram in run:
-                self._send(peer, sock, dgram)
+            whole = b"".join(run)
+            for at in range(0, len(whole), size):
+                self._send(peer, sock, whole[at : at + size])
 
     def _gso_refused(self, exc: OSError) -> None:
         self.offloads.gso = False

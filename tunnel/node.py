@@ -12,6 +12,8 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
+import numpy as np
+
 from .allowedips import AllowedIPs
 from .batch import seal_packets
 from .constants import (
@@ -23,6 +25,7 @@ from .constants import (
 from .datagram import Buffer
 from .output import Output
 from .peer import Peer
+from .runs import seal_rows
 from .schedule import PairSchedule
 from .session import Ephemeral, Ephemerals
 
@@ -109,6 +112,19 @@ class Node:
             out.drop = "no_route"
             return
         seal_packets(peer, packets, now_ns, out)
+        if self.ephemerals.rotation_requested:
+            self._rotate(now_ns, out)
+
+    def on_tun_rows(
+        self, rows: np.ndarray, lengths: list[int], now_ns: int, out: Output
+    ) -> None:
+        """A TCP superpacket split into rows (offload.split_tcp_rows)."""
+        peer = self.routes.lookup_dst(rows[0, :40].tobytes())
+        if peer is None:
+            self.stats_no_route += len(lengths)
+            out.drop = "no_route"
+            return
+        seal_rows(peer, rows, lengths, now_ns, out)
         if self.ephemerals.rotation_requested:
             self._rotate(now_ns, out)
 

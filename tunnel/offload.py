@@ -495,3 +495,82 @@ def _close(batches: dict[bytes, _Batch], key: bytes | None) -> None:
         batches.clear()
     elif key is not None:
         batches.pop(key, None)
+
+
+# -- Splitting into rows (TUN read -> one array of padded wire packets) --------------
+
+
+def split_tcp_rows(
+    vnet_hdr: BytesLike, superpacket: BytesLike, pad_to: int
+) -> tuple[np.ndarray, list[int]] | None:
+    """A TSO superpacket split as `split(..., pad_to)` does, into rows of one array.
+
+    Returns (rows, lengths): row i holds wire packet i, zero-padded to a multiple
+    of pad_to (byte for byte what `split` returns), and lengths[i] is its IP
+    length; every row is as long as the longest. The per-segment header fields
+    and checksums are computed as columns, so the work per segment is a few
+    array operations shared by all. None for anything that is not a TCP
+    superpacket with payload: the caller uses `split`. Raises MalformedPacket
+    as `split` does.
+    """
+    hdr = VnetHdr.unpack(vnet_hdr)
+    kind = hdr.gso_type & ~GSO_ECN
+    if kind not in (GSO_TCPV4, GSO_TCPV6) or hdr.gso_size == 0:
+        return None
+    packet = memoryview(superpacket)
+    l4 = _l4_offset(packet, hdr)
+    _check_version(packet, 4 if kind == GSO_TCPV4 else 6)
+    thl = (packet[l4 + 12] >> 4) * 4
+    hlen = l4 + thl
+    if thl < 20 or hlen > len(packet):
+        raise MalformedPacket("TCP header outside the packet")
+    mss = hdr.gso_size
+    payload = packet[hlen:]
+    if len(payload) <= mss:
+        return None
+    n = -(-len(payload) // mss)
+    ip = _IpCut.of(packet, l4)
+    ports, ack_off = bytes(packet[l4 : l4 + 4]), bytes(packet[l4 + 8 : l4 + 13])
+    window, rest = bytes(packet[l4 + 14 : l4 + 16]), bytes(packet[l4 + 18 : hlen])
+    base = ones_sum(ports + ack_off + b"\0" + window + rest) + thl
+    base += _pseudo_sum(packet, IPPROTO_TCP)
+    flags = packet[l4 + 13]
+    seq0 = int.from_bytes(packet[l4 + 4 : l4 + 8], "big")
+
+    index = np.arange(n, dtype=np.int64)
+    plen = np.full(n, mss, dtype=np.int64)
+    plen[-1] = len(payload) - (n - 1) * mss
+    total = hlen + plen
+    seq = (seq0 + index * mss) & 0xFFFFFFFF
+    f = np.full(n, flags & ~(TCP_FIN | TCP_PSH | TCP_CWR), dtype=np.int64)
+    f[0] |= flags & TCP_CWR
+    f[-1] |= flags & (TCP_FIN | TCP_PSH)
+    psum = np.array(segment_sums(payload, mss), dtype=np.int64)
+    tcp_csum = -(base + plen + seq + f + psum) % 0xFFFF
+
+    width = hlen + mss + (-(hlen + mss) % pad_to)
+    rows = np.zeros((n, width), dtype=np.uint8)
+    rows[:, :hlen] = np.frombuffer(packet[:hlen], dtype=np.uint8)
+    if ip.v4:
+        ident = (ip.id0 + index) & 0xFFFF
+        _put16(rows, 2, total)
+        _put16(rows, 4, ident)
+        _put16(rows, 10, -(ip.base + total + ident) % 0xFFFF)
+    else:
+        _put16(rows, 4, total - 40)
+    _put16(rows, l4 + 4, seq >> 16)
+    _put16(rows, l4 + 6, seq & 0xFFFF)
+    rows[:, l4 + 13] = f
+    _put16(rows, l4 + TCP_CSUM_OFFSET, tcp_csum)
+    body = np.frombuffer(payload, dtype=np.uint8)
+    cut = (n - 1) * mss
+    rows[:-1, hlen : hlen + mss] = body[:cut].reshape(n - 1, mss)
+    rows[-1, hlen : hlen + len(body) - cut] = body[cut:]
+    lengths: list[int] = total.tolist()
+    return rows, lengths
+
+
+def _put16(rows: np.ndarray, at: int, values: np.ndarray) -> None:
+    """Column pair at, at+1 of every row := values, big-endian."""
+    rows[:, at] = values >> 8
+    rows[:, at + 1] = values & 0xFF

@@ -24,9 +24,15 @@ class Output:
     # GSO writes for a TUN with offloads (tunnel/runs.py): (len(tun) when it was
     # made, the writev buffers), so the shell keeps them in order with `tun`.
     tun_gso: list[tuple[int, tuple[bytes, ...]]] = field(default_factory=list)
+    # Sealed runs (tunnel/runs.py): (len(send) when made, peer, epoch, datagram
+    # size, datagrams of that size laid end to end, the last may be shorter).
+    send_runs: list[tuple[int, Peer, int, int, memoryview]] = field(
+        default_factory=list
+    )
 
     def clear(self) -> None:
         self.tun.clear()
         self.tun_gso.clear()
+        self.send_runs.clear()
         self.send.clear()
         self.drop = None

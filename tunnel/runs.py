@@ -28,8 +28,8 @@ import struct
 import numpy as np
 from cryptography.exceptions import InvalidTag
 
-from .batch import _run_session
-from .constants import HEADER_LEN, MIN_DATAGRAM, TAG_LEN
+from .batch import _reserve, _run_session
+from .constants import HEADER_LEN, MIN_DATAGRAM, PAD_TO, TAG_LEN
 from .offload import (
     F_NEEDS_CSUM,
     GSO_ECN,
@@ -46,7 +46,7 @@ from .offload import (
     checksum,
 )
 from .output import Output
-from .peer import Peer
+from .peer import MS, Peer
 from .session import Session
 
 _NONCE_PREFIX = bytes(4)
@@ -290,3 +290,64 @@ def _shape(l4: int, thl: int) -> np.ndarray:
         mask = np.frombuffer(as_int.to_bytes(l4 + thl, "big"), np.uint8).copy()
         _SHAPES[l4, thl] = mask
     return mask
+
+
+# -- Sealing a superpacket's rows (TUN read -> one GSO buffer) ------------------------
+
+
+def seal_rows(
+    peer: Peer, rows: np.ndarray, lengths: list[int], now_ns: int, out: Output
+) -> None:
+    """Seal wire packets held as rows (offload.split_tcp_rows) into one buffer of
+    datagrams laid end to end, for one UDP_SEGMENT send: `out.send_runs`.
+
+    Each row is sealed with encrypt_into straight into its place in the buffer,
+    and the headers of all rows are masked with one AES-ECB call. Without a
+    session that can seal them all, the packets take the general way (queued
+    while a session forms), as single packets would.
+    """
+    n, width = rows.shape
+    session = peer.sealing
+    reserved = None
+    if session is not None:
+        reserved = _reserve(session, peer.schedule.epoch_at(now_ns // MS), n)
+    if reserved is None:
+        flat = rows.reshape(-1)
+        for i, length in enumerate(lengths):
+            packet = flat[i * width : i * width + _padded(length)].tobytes()
+            peer.on_packet(packet, now_ns, out)
+        return
+    assert session is not None
+    epoch, first = reserved
+    size = width + _OVERHEAD  # every datagram but the last
+    last_plen = _padded(lengths[-1])
+    buf = bytearray((n - 1) * size + last_plen + _OVERHEAD)
+    view = memoryview(buf)
+    plain = rows.data.cast("B")
+    encrypt = peer.schedule.send_data_aead(epoch, session.secret).encrypt_into
+    for i in range(n - 1):
+        ad = (first + i).to_bytes(8, "big")
+        at = i * size + HEADER_LEN
+        encrypt(_NONCE_PREFIX + ad, plain[i * width : (i + 1) * width], ad,
+                view[at : at + size - HEADER_LEN])  # fmt: skip
+    ad = (first + n - 1).to_bytes(8, "big")
+    at = (n - 1) * size + HEADER_LEN
+    encrypt(_NONCE_PREFIX + ad, plain[(n - 1) * width : (n - 1) * width + last_plen],
+            ad, view[at:])  # fmt: skip
+    grid = np.frombuffer(buf, np.uint8)
+    body = grid[: (n - 1) * size].reshape(n - 1, size)
+    samples = body[:, 8:24].tobytes() + bytes(view[at : at + 16])
+    masks = np.frombuffer(peer.schedule.keys(epoch).send_hp.update(samples), ">u8")
+    counters = np.arange(first, first + n, dtype=np.uint64)
+    heads = (counters ^ masks[::2].astype(np.uint64)).astype(">u8").view(np.uint8)
+    heads = heads.reshape(n, HEADER_LEN)
+    body[:, :HEADER_LEN] = heads[:-1]
+    grid[at - HEADER_LEN : at] = heads[-1]
+    out.send_runs.append((len(out.send), peer, epoch, size, view))
+    session.last_data_ns = now_ns
+    peer.stats.tx_bytes += len(buf)
+    peer.stats.tx_datagrams += n
+
+
+def _padded(length: int) -> int:
+    return length + (-length % PAD_TO)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .constants import SOCKET_BUFFER_BYTES, SOCKET_LEAD_MS, SOCKET_RETRY_MS
@@ -192,7 +192,9 @@ def _grow_buffers(sock: socket.socket) -> None:
 
 
 def send(
-    sock: socket.socket, data: list[bytes], cmsg: list[Cmsg] | None = None
+    sock: socket.socket,
+    data: Sequence[bytes | memoryview],
+    cmsg: list[Cmsg] | None = None,
 ) -> None:
     """Send `data` (one datagram, or a GSO run with its cmsg) on a connected socket.
 
