@@ -34,6 +34,7 @@ from tunnel.dataplane import DataPlane
 from tunnel.node import Node
 from tunnel.peer import Peer
 from tunnel.tun import Tun, open_tun_offloaded
+from tunnel.udpoffload import segments_per_send
 
 from . import logs, sdnotify
 from .config import Config, ConfigError, PeerConfig, diff, load
@@ -133,7 +134,8 @@ class Agent:
         self.tun, tun_refused = self._open_tun()
         try:
             self.link = Link(self.tun.name)
-            self.link.configure(i.addresses, i.mtu)
+            segs = segments_per_send(i.mtu) if self.tun.vnet_hdr else 0
+            self.link.configure(i.addresses, i.mtu, segs)
         except NetlinkFailure as exc:
             raise StartError(f"{exc}; check {self.cfg.path}") from None
         self.reserved = ReservedPorts(i.port_range, ports_ledger(i.name))
@@ -320,7 +322,9 @@ class Agent:
         self._apply_interface(old, new)
         for name in changes.added + changes.changed:
             self._add_peer(by_name[name])
-        self.link.configure(new.interface.addresses, new.interface.mtu)
+        mtu = new.interface.mtu
+        segs = segments_per_send(mtu) if self.tun and self.tun.vnet_hdr else 0
+        self.link.configure(new.interface.addresses, mtu, segs)
         self._set_routes()
         return (
             f"{len(changes.added)} added, {len(changes.removed)} removed, "

@@ -84,10 +84,18 @@ class Link:
         return int(found[0])
 
     @_on_worker
-    def configure(self, addresses: Iterable[Interface], mtu: int) -> None:
-        """Set the MTU and exactly these addresses, and bring the device up."""
+    def configure(
+        self, addresses: Iterable[Interface], mtu: int, gso_max_segs: int = 0
+    ) -> None:
+        """Set the MTU and exactly these addresses, and bring the device up.
+
+        gso_max_segs > 0 caps the segments of a superpacket the kernel hands
+        the TUN (tunnel/udpoffload.py, segments_per_send).
+        """
         self._no_link_local()
         self._call("set the MTU", "link", "set", index=self.index, mtu=mtu)
+        if gso_max_segs:
+            self._gso_max_segs(gso_max_segs)
         wanted = tuple(addresses)
         for address in self.addresses:
             if address not in wanted:
@@ -107,6 +115,16 @@ class Link:
         for network in wanted - self.routes:
             self._route("add", network)
         self.routes = wanted
+
+    def _gso_max_segs(self, segs: int) -> None:
+        """Superpackets no larger than one GSO send of sealed datagrams: a
+        64 KB superpacket would take two sends, and two GRO reads at the peer,
+        the second for a single datagram. Best effort: an older kernel that
+        cannot change it only costs that extra send."""
+        try:
+            self.ipr.link("set", index=self.index, gso_max_segs=segs)
+        except NetlinkError as exc:
+            log.debug("%s: cannot set gso_max_segs: %s", self.ifname, exc)
 
     def _no_link_local(self) -> None:
         """No IPv6 link-local address, so the kernel sends nothing of its own.

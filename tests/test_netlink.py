@@ -14,7 +14,9 @@ import pytest
 
 from agent.netlink import Link, ReservedPorts, format_ports, parse_ports
 from tests.private_netns import private_netns  # noqa: F401  (fixture)
+from tunnel import udpoffload
 from tunnel.tun import open_tun
+from tunnel.udpoffload import segments_per_send
 
 IFNAME = "hoprtest0"
 ADDRESSES = (
@@ -131,3 +133,23 @@ def test_ports_a_killed_agent_left_reserved_are_taken_back_next_time(
     successor.reserve()
     successor.release()
     assert (sysctl.read_text(), ledger.exists()) == ("8080\n", False)
+
+
+def test_superpackets_are_capped_at_one_gso_send_of_sealed_datagrams(
+    link: Link,
+) -> None:
+    segs = segments_per_send(1420)
+    assert segs == 45  # 45 datagrams of 1448 bytes: the most one send takes
+    link.configure(ADDRESSES, 1420, segs)
+    (info,) = ip_json("-d", "link", "show", "dev", IFNAME)
+    assert info["gso_max_segs"] == segs
+
+
+def test_larger_mtus_mean_fewer_segments_per_send() -> None:
+    mtus = (576, 1280, 1420, 8920)
+    counts = [segments_per_send(mtu) for mtu in mtus]
+    assert counts == sorted(counts, reverse=True)
+    for mtu, n in zip(mtus, counts, strict=True):
+        datagram = mtu + (-mtu % 16) + 24  # padded, with header and tag
+        assert n <= udpoffload.UDP_MAX_SEGMENTS
+        assert n * datagram <= udpoffload.GSO_MAX_BYTES

@@ -23,6 +23,8 @@ import socket
 import struct
 from collections.abc import Iterable
 
+from .constants import HEADER_LEN, PAD_TO, TAG_LEN
+
 SOL_UDP = 17
 UDP_SEGMENT = 103
 UDP_GRO = 104
@@ -120,6 +122,14 @@ def gso_runs(
         run.append(d)
         total += len(d)
     return runs
+
+
+def segments_per_send(mtu: int) -> int:
+    """How many sealed full-size packets of a tunnel with this MTU fit one GSO
+    send: the most segments a TUN superpacket should carry (gso_max_segs), so
+    that each is sealed and sent, and arrives by GRO, in one piece."""
+    datagram = mtu + (-mtu % PAD_TO) + HEADER_LEN + TAG_LEN
+    return max(1, min(UDP_MAX_SEGMENTS, GSO_MAX_BYTES // datagram))
 
 
 def _setsockopt(sock: socket.socket, option: int, value: int) -> bool:
