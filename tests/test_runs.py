@@ -197,3 +197,47 @@ def test_rows_without_a_session_wait_like_single_packets() -> None:
     seal_rows(a.peer("b"), rows, lengths, a.now(), out)
     assert out.send_runs == []
     assert list(a.peer("b").pending) == offload.split(vnet, packet, PAD_TO)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_whatever_an_authentic_peer_seals_never_raises(data: st.DataObject) -> None:
+    """A peer with the keys may still send nonsense inside: headers that claim
+    any length, version or TCP shape. Opening it as a run drops or delivers it
+    packet by packet, and never raises."""
+    net, a, b = connected()
+    size = data.draw(st.sampled_from([32, 48, 64, 112, 1424]))
+    rows = data.draw(st.integers(2, 12))
+    template = data.draw(st.binary(min_size=size, max_size=size))
+    packets = []
+    for _ in range(rows):
+        row = bytearray(template)
+        for _ in range(data.draw(st.integers(0, 4))):
+            at = data.draw(st.integers(0, size - 1))
+            row[at] = data.draw(st.integers(0, 255))
+        packets.append(bytes(row))
+    epoch, buf, dsize = sealed_run(a, packets)
+    got = Output()
+    open_gro_run(b.peer("a"), buf, dsize, (epoch,), b.now(), got, superpackets=True)
+    for packet in got.tun:
+        assert packet in [p[: len(packet)] for p in packets]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_tcp_segments_with_any_header_changed_never_raise(data: st.DataObject) -> None:
+    net, a, b = connected()
+    vnet, packet = tcp_superpacket(data.draw(st.integers(3, 10)))
+    segs = offload.split(vnet, packet, PAD_TO)[:-1]
+    mutated = []
+    for seg in segs:
+        row = bytearray(seg)
+        for _ in range(data.draw(st.integers(0, 3))):
+            at = data.draw(st.integers(0, 59))
+            row[at] = data.draw(st.integers(0, 255))
+        mutated.append(bytes(row))
+    epoch, buf, size = sealed_run(a, mutated)
+    got = Output()
+    open_gro_run(b.peer("a"), buf, size, (epoch,), b.now(), got, superpackets=True)
+    delivered = got.tun + [b"".join(bufs[1:]) for _, bufs in got.tun_gso]
+    assert sum(len(p) for p in delivered) <= sum(len(p) for p in mutated)
