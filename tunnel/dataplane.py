@@ -277,8 +277,8 @@ class DataPlane:
                 continue
             if out.drop is not None:
                 self._debug_drop(None, out.drop, now_ns)
-            if len(out.send) >= SEND_BATCH:
-                self.flush(out)
+            if out.send_runs or len(out.send) >= SEND_BATCH:
+                self.flush(out)  # a superpacket's run goes out at once
         self.flush(out)
         self._arm(node.next_deadline_ns(now_ns))
 
