@@ -187,14 +187,10 @@ def _deliver_flow(
     rows, plen = grid.shape
     version = grid[0, 0] >> 4
     if version == 4:
-        if not (grid[:, 0] == 0x45).all():
-            return False
         lengths = (grid[:, 2].astype(np.int64) << 8) | grid[:, 3]
         src, flow = slice(12, 16), slice(16, 24)  # destination and ports
         l4 = 20
     elif version == 6:
-        if not ((grid[:, 0] >> 4) == 6).all():
-            return False
         lengths = 40 + ((grid[:, 4].astype(np.int64) << 8) | grid[:, 5])
         src, flow = slice(8, 24), slice(24, 44)
         l4 = 40
@@ -204,11 +200,19 @@ def _deliver_flow(
         return False
     if int(lengths[-1]) > last_plen:
         return False
+    first = grid[0, :l4].tobytes()
+    if peer.routes.lookup_src(first) is not peer:
+        return False
+    # The common case, a bulk flow: the whole run is one in-order stretch, and
+    # _superpacket's header comparison covers every row's version and source.
+    if superpackets and rows > 1 and _superpacket(grid, lengths, l4, out):
+        return True
+    if version == 4 and not (grid[:, 0] == 0x45).all():
+        return False
+    if version == 6 and not ((grid[:, 0] >> 4) == 6).all():
+        return False
     sources = grid[:, src]
     if not (sources == sources[0]).all():
-        return False
-    first = grid[0].tobytes()
-    if peer.routes.lookup_src(first) is not peer:
         return False
     if not superpackets:
         for i, length in enumerate(lengths.tolist()):
@@ -230,32 +234,42 @@ def _deliver_flow(
 
 def _superpacket(grid: np.ndarray, lengths: np.ndarray, l4: int, out: Output) -> bool:
     """One in-order TCP flow of full segments (the last may be shorter) as one
-    GSO write; False if the rows are anything else."""
-    rows = len(grid)
-    proto = grid[0, 9] if l4 == 20 else grid[0, 6]
-    if proto != IPPROTO_TCP:
+    GSO write; False if the rows are anything else.
+
+    Row 0 is checked field by field; every other row must then equal it in each
+    header byte that segmentation leaves alone (offload._shape_mask: version,
+    addresses, ports, fragment bits, header length, flags but PSH and CWR), so
+    those checks hold for all rows, and only lengths, sequence numbers, PSH and
+    CWR are looked at row by row."""
+    rows, plen = grid.shape
+    head = grid[0, : min(plen, l4 + 14)].tobytes()
+    if len(head) < l4 + 14:
         return False
-    if l4 == 20 and ((grid[:, 6] & 0x3F).any() or grid[:, 7].any()):
-        return False  # fragments
-    thl = int(grid[0, l4 + 12] >> 4) * 4
+    if l4 == 20 and (head[0] != 0x45 or head[9] != IPPROTO_TCP):
+        return False
+    if l4 == 20 and (head[6] & 0x3F or head[7]):
+        return False  # a fragment
+    if l4 == 40 and head[6] != IPPROTO_TCP:
+        return False
+    thl = (head[l4 + 12] >> 4) * 4
     hlen = l4 + thl
-    if thl < 20 or not (grid[:, l4 + 12] == grid[0, l4 + 12]).all():
-        return False
-    flags = grid[:, l4 + 13]
-    if (flags & _CLOSING).any() or not (flags & TCP_ACK).all():
-        return False
-    if (flags[1:] & TCP_CWR).any():
-        return False
-    payload = lengths - hlen
-    mss = int(payload[0])
-    if mss <= 0 or (payload[:-1] != mss).any() or not 0 < int(payload[-1]) <= mss:
+    flags0 = head[l4 + 13]
+    if thl < 20 or hlen >= int(lengths[0]):
+        return False  # a header cut short, or no payload
+    if flags0 & _CLOSING or not flags0 & TCP_ACK:
         return False
     shape = _shape(l4, thl)
     heads = grid[:, :hlen] & shape
     if not (heads == heads[0]).all():
         return False
-    seq = grid[:, l4 + 4 : l4 + 8].astype(np.int64)
-    seq = (seq[:, 0] << 24) | (seq[:, 1] << 16) | (seq[:, 2] << 8) | seq[:, 3]
+    flags = grid[:, l4 + 13]
+    if (flags[1:] & TCP_CWR).any():
+        return False
+    payload = lengths - hlen
+    mss = int(payload[0])
+    if (payload[:-1] != mss).any() or not 0 < int(payload[-1]) <= mss:
+        return False
+    seq = np.ascontiguousarray(grid[:, l4 + 4 : l4 + 8]).view(">u4").reshape(rows)
     expected = (int(seq[0]) + mss * np.arange(rows, dtype=np.int64)) & 0xFFFFFFFF
     if not (seq == expected).all():
         return False
