@@ -548,29 +548,26 @@ def split_tcp_rows(
     psum = np.array(segment_sums(payload, mss), dtype=np.int64)
     tcp_csum = -(base + plen + seq + f + psum) % 0xFFFF
 
+    if pad_to & 1:
+        raise ValueError("split_tcp_rows needs an even pad_to: rows are 16-bit words")
     width = hlen + mss + (-(hlen + mss) % pad_to)
     rows = np.zeros((n, width), dtype=np.uint8)
     rows[:, :hlen] = np.frombuffer(packet[:hlen], dtype=np.uint8)
+    words = rows.view(">u2")  # word k of a row is bytes 2k, 2k+1, big-endian
     if ip.v4:
         ident = (ip.id0 + index) & 0xFFFF
-        _put16(rows, 2, total)
-        _put16(rows, 4, ident)
-        _put16(rows, 10, -(ip.base + total + ident) % 0xFFFF)
+        words[:, 1] = total
+        words[:, 2] = ident
+        words[:, 5] = -(ip.base + total + ident) % 0xFFFF
     else:
-        _put16(rows, 4, total - 40)
-    _put16(rows, l4 + 4, seq >> 16)
-    _put16(rows, l4 + 6, seq & 0xFFFF)
+        words[:, 2] = total - 40
+    words[:, (l4 + 4) // 2] = seq >> 16
+    words[:, (l4 + 6) // 2] = seq & 0xFFFF
     rows[:, l4 + 13] = f
-    _put16(rows, l4 + TCP_CSUM_OFFSET, tcp_csum)
+    words[:, (l4 + TCP_CSUM_OFFSET) // 2] = tcp_csum
     body = np.frombuffer(payload, dtype=np.uint8)
     cut = (n - 1) * mss
     rows[:-1, hlen : hlen + mss] = body[:cut].reshape(n - 1, mss)
     rows[-1, hlen : hlen + len(body) - cut] = body[cut:]
     lengths: list[int] = total.tolist()
     return rows, lengths
-
-
-def _put16(rows: np.ndarray, at: int, values: np.ndarray) -> None:
-    """Column pair at, at+1 of every row := values, big-endian."""
-    rows[:, at] = values >> 8
-    rows[:, at + 1] = values & 0xFF
