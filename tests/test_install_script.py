@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPTS = ["install.sh", ".ci/systemd-checks.sh"]
+SCRIPTS = ["install.sh", ".ci/systemd-checks.sh", ".ci/run", "vagrant/build-box.sh"]
 REPO = Path(__file__).resolve().parent.parent
 
 
