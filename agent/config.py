@@ -27,12 +27,12 @@ hop_interval "10s", cipher "aes-256-gcm", mtu 1420 (agent/constants.py says
 why); a peer's port_range defaults to ours, its psk to none.
 
 Value forms: keys are standard base64 of 32 bytes, as `wg` writes them.
-hop_interval is a plain integer of seconds or a string like "10s", "1m", "1h",
-"1500ms". A port range is "MIN-MAX" within 1024..65535. Peer names are 1 to 32
+hop_interval is a plain integer of seconds or a string like "10s", "1.5s", "1m",
+"1h", "1500ms". A port range is "MIN-MAX" within 1024..65535. Peer names are 1 to 32
 letters, digits, ".", "_" or "-". Paths in private_key_file and psk_file are
-relative to the config file's directory. A secret (key file, psk file, or the
-config itself when it holds an inline private_key or psk) must not be accessible
-by group or others: mode 0600.
+relative to the config file's directory. A secret (key file, psk file, or the config
+itself when it holds an inline private_key or psk) must not be accessible by group
+or others: mode 0600.
 
 Every mistake raises ConfigError with one sentence: the file, the field (as in
 `peer "db-1".allowed_ips`), what is wrong and the fix. The message never holds

@@ -16,6 +16,7 @@ import re
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from ipaddress import (
     IPv4Address,
     IPv4Interface,
@@ -49,7 +50,7 @@ Network = IPv4Network | IPv6Network
 _IFNAME = re.compile(rf"[A-Za-z0-9_.-]{{1,{IFNAME_MAX}}}")
 _PEER_NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_.-]{{0,{PEER_NAME_MAX - 1}}}")
 _PORT_RANGE = re.compile(r"(\d+)\s*-\s*(\d+)")
-_INTERVAL = re.compile(r"(\d+)\s*(ms|s|m|h)?")
+_INTERVAL = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h)?")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
 _KIND_NAMES = {
     bool: "a boolean",
@@ -345,13 +346,16 @@ def port_range(t: Table, key: str, default: tuple[int, int]) -> tuple[int, int]:
 
 
 def hop_ms(t: Table, default_ms: int) -> int:
-    """An integer of seconds, or a string like "10s", "1m", "1h", "1500ms"."""
+    """An integer of seconds, or a string like "10s", "1.5s", "1m", "1500ms"."""
     key, value = "hop_interval", t.data.get("hop_interval", f"{default_ms}ms")
     fix = 'write seconds as an integer, or a string like "10s", "1m" or "1500ms"'
     if type(value) is int:
         interval_ms = value * 1000
     elif type(value) is str and (match := _INTERVAL.fullmatch(value.strip())):
-        interval_ms = int(match[1]) * _UNIT_MS[match[2] or "s"]
+        exact_ms = Decimal(match[1]) * _UNIT_MS[match[2] or "s"]
+        if exact_ms != exact_ms.to_integral_value():
+            t.fail(key, f'is "{value}", not a whole number of milliseconds', fix)
+        interval_ms = int(exact_ms)
     elif type(value) is str:
         t.fail(key, f'is "{value}", not an interval', fix)
     else:

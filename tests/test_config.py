@@ -161,6 +161,8 @@ def test_explicit_interface_fields_are_used(site: Site) -> None:
         ("1m", 60_000),
         ("1h", 3_600_000),
         ("1500ms", 1500),
+        ("1.5s", 1500),
+        ("0.25m", 15_000),
         ("1s", 1000),
         (30, 30_000),
     ],
@@ -361,6 +363,10 @@ MISTAKES: dict[str, tuple[Edit, str, str]] = {
         iface(port_range="20000:29999"), "interface.port_range", "MIN-MAX"),
     "hop_interval under 1s": (
         iface(hop_interval="500ms"), "interface.hop_interval", 'from "1s" to "1h"'),
+    "hop_interval of half a second": (
+        iface(hop_interval="0.5s"), "interface.hop_interval", 'from "1s" to "1h"'),
+    "hop_interval finer than a millisecond": (
+        iface(hop_interval="1.0005s"), "interface.hop_interval", "milliseconds"),
     "hop_interval over 1h": (
         iface(hop_interval="2h"), "interface.hop_interval", 'from "1s" to "1h"'),
     "hop_interval zero": (iface(hop_interval=0), "interface.hop_interval", '"1s"'),
