@@ -457,7 +457,9 @@ def test_split_into_rows_is_split_byte_for_byte(
     for row, length, packet_i in zip(rows, lengths, want, strict=True):
         assert row[: len(packet_i)].tobytes() == packet_i
         assert not row[len(packet_i) :].any()
-        own = 40 + int.from_bytes(packet_i[4:6], "big") if v6 else int.from_bytes(
-            packet_i[2:4], "big"
+        own = (
+            40 + int.from_bytes(packet_i[4:6], "big")
+            if v6
+            else int.from_bytes(packet_i[2:4], "big")
         )
         assert length == own

@@ -52,12 +52,12 @@ PENDING_PACKETS_MAX = 64  # packets held per peer while its session forms
 
 # -- I/O shell (tunnel/sockets.py, tunnel/dataplane.py) ------------------------------
 
-IO_BATCH = 64               # packets drained per wakeup before other fds get a turn
-SEND_BATCH = 128            # datagrams queued before they go out mid-wakeup (GSO runs)
-RECV_BUFFER = 65_535        # largest UDP payload; one datagram per recv
+IO_BATCH = 64  # packets drained per wakeup before other fds get a turn
+SEND_BATCH = 128  # datagrams queued before they go out mid-wakeup (GSO runs)
+RECV_BUFFER = 65_535  # largest UDP payload; one datagram per recv
 TUN_READ_MAX = 65_535 + 10  # a TUN superpacket and its virtio-net header
 # Open the next epoch's socket this long before our hop, so a peer whose clock is
 # slightly ahead finds it bound; capped at a tenth of the hop for short hops.
 SOCKET_LEAD_MS = 200
-SOCKET_RETRY_MS = 1_000     # a port another process holds is tried again after this
-SOCKET_BUFFER_BYTES = 4 << 20   # per-socket kernel buffers: absorb bursts at hop edges
+SOCKET_RETRY_MS = 1_000  # a port another process holds is tried again after this
+SOCKET_BUFFER_BYTES = 4 << 20  # per-socket kernel buffers: absorb bursts at hop edges
