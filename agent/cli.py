@@ -387,6 +387,25 @@ def show(iface: str | None, as_json: bool) -> None:
 
 
 @main.command()
+@click.argument("iface", required=False)
+def metrics(iface: str | None) -> None:
+    """Print the running tunnel's counters in Prometheus' text format.
+
+    The same figures as `show`, for node_exporter's textfile collector or any
+    scraper that runs a command: traffic, hellos and drops per peer, sessions,
+    epochs and clock offsets. IFACE limits it to one tunnel.
+    """
+    from .control import ControlError, statuses
+    from .metrics import render
+
+    try:
+        found = statuses(iface)
+    except ControlError as exc:
+        raise UserError(f"{exc}.") from None
+    click.echo(render(found), nl=False)
+
+
+@main.command()
 @click.argument("target", metavar="IFACE|CONFIG")
 def down(target: str) -> None:
     """Stop the tunnel IFACE (or the one CONFIG names) and wait until it is gone."""

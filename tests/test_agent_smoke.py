@@ -192,6 +192,26 @@ def test_show_reports_the_peer_with_a_session(pair: tuple[Side, Side]) -> None:
 
 
 @pytest.mark.netns
+def test_metrics_count_a_pings_traffic_for_prometheus(pair: tuple[Side, Side]) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    a, b = pair
+    _start(a)
+    _start(b)
+    a.run("ping", "-c", "5", "-i", "0.05", "-W", "2", "100.64.0.2")
+    text = a.run(*HOPR, "metrics", a.ifname).stdout
+    values = {
+        s.name: s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.labels.get("peer") == "peer2"
+    }
+    assert values["hopr_tunnel_peer_session"] == 1, text
+    assert values["hopr_tunnel_peer_received_datagrams_total"] >= 5, text
+    assert values["hopr_tunnel_peer_sent_bytes_total"] > 5 * 84, text
+
+
+@pytest.mark.netns
 def test_down_stops_the_agent_and_leaves_no_interface(pair: tuple[Side, Side]) -> None:
     a, _ = pair
     _start(a)
