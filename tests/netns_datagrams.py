@@ -34,6 +34,9 @@ import sys
 import time
 from typing import Any
 
+# Run as a script from this directory, which is then on sys.path.
+from netns_tools import internet_checksum
+
 SOL_UDP = 17
 UDP_SEGMENT = 103
 IP_MTU_DISCOVER = 10
@@ -184,7 +187,7 @@ def echo_request(v6: bool, ident: int, seq: int, payload: bytes) -> bytes:
     message = ECHO_HDR.pack(kind, 0, 0, ident, seq) + payload
     if v6:
         return message
-    return ECHO_HDR.pack(kind, 0, checksum(message), ident, seq) + payload
+    return ECHO_HDR.pack(kind, 0, internet_checksum(message), ident, seq) + payload
 
 
 def echo_reply(v6: bool, ident: int, data: bytes) -> tuple[int, bytes] | None:
@@ -197,15 +200,6 @@ def echo_reply(v6: bool, ident: int, data: bytes) -> tuple[int, bytes] | None:
     if kind != (ICMP6_ECHOREPLY if v6 else ICMP_ECHOREPLY) or their_ident != ident:
         return None
     return seq, data[ECHO_HDR.size :]
-
-
-def checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 # -- Command line ------------------------------------------------------------------
