@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tunnel import offload  # noqa: E402
+from tunnel import coalesce, offload  # noqa: E402
 
 SEGMENTS, MSS = 44, 1408
 ADDRS = bytes([100, 64, 0, 1, 100, 64, 0, 2])
@@ -61,11 +61,11 @@ def main() -> int:
     n = parser.parse_args().repeat
     tcp, udp = tcp_superpacket(), udp_superpacket()
     wire = offload.split(*tcp)
-    assert len(wire) == SEGMENTS and len(offload.coalesce(wire)) == 1
+    assert len(wire) == SEGMENTS and len(coalesce.coalesce(wire)) == 1
     timings = {
         f"split TCPv4 {SEGMENTS} x {MSS} B": best_us(lambda: offload.split(*tcp), n),
         "  ... with pad_to=16": best_us(lambda: offload.split(*tcp, pad_to=16), n),
-        f"coalesce {SEGMENTS} TCP packets": best_us(lambda: offload.coalesce(wire), n),
+        f"coalesce {SEGMENTS} TCP packets": best_us(lambda: coalesce.coalesce(wire), n),
         f"split USO4 {SEGMENTS} x 1400 B": best_us(lambda: offload.split(*udp), n),
     }
     for label, us in timings.items():

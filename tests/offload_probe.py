@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from scapy.layers.inet import IP, TCP  # noqa: E402
 
-from tunnel import offload, tunoffload, udpoffload  # noqa: E402
+from tunnel import coalesce, offload, tunoffload, udpoffload  # noqa: E402
 from tunnel.tun import Tun, open_tun  # noqa: E402
 
 LOCAL, PEER = "100.64.7.1", "100.64.7.2"
@@ -211,7 +211,7 @@ def case_tcp_in() -> dict[str, Any]:
             for i in range(0, len(part), 1400)
         ]
         segments += len(packets)
-        for hdr, packet in offload.coalesce(packets):
+        for hdr, packet in coalesce.coalesce(packets):
             write_tun(tun.fd, packet, hdr)
             writes += 1
         while len(received) < (chunk + 1) * 56_000:

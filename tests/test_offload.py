@@ -18,6 +18,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.packet import Packet, Raw
 
 from tunnel import offload
+from tunnel.coalesce import coalesce
 from tunnel.offload import (
     F_NEEDS_CSUM,
     GSO_TCPV4,
@@ -26,7 +27,6 @@ from tunnel.offload import (
     ZERO_VNET_HDR,
     MalformedPacket,
     VnetHdr,
-    coalesce,
     split,
 )
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.test_peer_rules import connected
-from tunnel import batch, offload
+from tunnel import batch, coalesce, offload
 from tunnel.constants import PAD_TO
 from tunnel.output import Output
 from tunnel.runs import open_gro_run, seal_rows
@@ -56,7 +56,7 @@ def test_one_tcp_flow_becomes_the_superpacket_the_sender_split() -> None:
     at, buffers = got.tun_gso[0]
     assert at == 0
     written = (buffers[0], b"".join(buffers[1:]))
-    assert [written] == offload.coalesce(segs)
+    assert [written] == coalesce.coalesce(segs)
     assert b.peer("a").stats.rx_datagrams >= 40
 
 
@@ -149,7 +149,7 @@ def test_stretches_of_interleaved_flows_each_become_a_superpacket() -> None:
     open_gro_run(b.peer("a"), buf, size, (epoch,), b.now(), got, superpackets=True)
     written = [(bufs[0], b"".join(bufs[1:])) for _, bufs in got.tun_gso]
     assert written == (
-        offload.coalesce(one[:3]) + offload.coalesce(two) + offload.coalesce(one[3:])
+        coalesce.coalesce(one[:3]) + coalesce.coalesce(two) + coalesce.coalesce(one[3:])
     )
     assert got.tun == three and [at for at, _ in got.tun_gso] == [0, 0, 1]
 
@@ -183,7 +183,7 @@ def test_sealed_rows_open_as_a_gro_run_into_the_same_superpacket() -> None:
     got = Output()
     open_gro_run(b.peer("a"), buf, size, (epoch,), b.now(), got, superpackets=True)
     written = [(bufs[0], b"".join(bufs[1:])) for _, bufs in got.tun_gso]
-    assert written == offload.coalesce(wire_packets(vnet, packet))
+    assert written == coalesce.coalesce(wire_packets(vnet, packet))
 
 
 def test_rows_without_a_session_wait_like_single_packets() -> None:

@@ -39,9 +39,10 @@ from collections.abc import Callable, Iterable, Sequence
 
 from . import sockets, udpoffload
 from .batch import open_datagrams
+from .coalesce import coalesce
 from .constants import IO_BATCH, PAD_TO, RECV_BUFFER, SEND_BATCH, TUN_READ_MAX
 from .node import Node
-from .offload import VNET_HDR_LEN, MalformedPacket, coalesce, split, split_tcp_rows
+from .offload import VNET_HDR_LEN, MalformedPacket, split, split_tcp_rows
 from .output import Output
 from .peer import Peer
 from .runs import open_gro_run

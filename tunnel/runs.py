@@ -14,7 +14,7 @@ session, in counter order, carrying one segment of one inner TCP flow:
   (`Session.accept_run`), otherwise counter by counter;
 - the inner packets' lengths and sources are checked as columns, and a run that
   is one TCP flow in order becomes a single GSO superpacket for the TUN (the
-  same result `offload.coalesce` reaches packet by packet).
+  same result `coalesce.coalesce` reaches packet by packet).
 
 Whenever a run is not that common case (a hello, a datagram that does not open,
 a replayed counter, a mix of flows), the rows go the general way, so the rules
@@ -29,6 +29,7 @@ import numpy as np
 from cryptography.exceptions import InvalidTag
 
 from .batch import _reserve, _run_session
+from .coalesce import _shape_mask
 from .constants import HEADER_LEN, MIN_DATAGRAM, PAD_TO, TAG_LEN
 from .offload import (
     F_NEEDS_CSUM,
@@ -42,7 +43,6 @@ from .offload import (
     TCP_PSH,
     VnetHdr,
     _pseudo_sum,
-    _shape_mask,
     checksum,
 )
 from .output import Output
@@ -237,7 +237,7 @@ def _superpacket(grid: np.ndarray, lengths: np.ndarray, l4: int, out: Output) ->
     GSO write; False if the rows are anything else.
 
     Row 0 is checked field by field; every other row must then equal it in each
-    header byte that segmentation leaves alone (offload._shape_mask: version,
+    header byte that segmentation leaves alone (coalesce._shape_mask: version,
     addresses, ports, fragment bits, header length, flags but PSH and CWR), so
     those checks hold for all rows, and only lengths, sequence numbers, PSH and
     CWR are looked at row by row."""
