@@ -382,6 +382,8 @@ def show(iface: str | None, as_json: bool) -> None:
         raise UserError(f"{exc}.") from None
     if as_json:
         click.echo(json.dumps({"interfaces": found}, indent=2))
+    elif not found:
+        click.echo("hopr-tunnel: no tunnel runs in this network namespace.", err=True)
     else:
         click.echo("\n\n".join("\n".join(render(s)) for s in found))
 

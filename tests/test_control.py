@@ -113,3 +113,14 @@ def test_show_without_a_name_lists_live_agents_and_skips_stale_ones(
 def test_closing_removes_the_socket_file(run_dir: Path) -> None:
     Running("hopr7").stop()
     assert not control.socket_path("hopr7").exists()
+
+
+def test_show_with_no_agent_says_so_on_stderr_and_succeeds(run_dir: Path) -> None:
+    from click.testing import CliRunner
+
+    from agent.cli import main
+
+    done = CliRunner().invoke(main, ["show"])
+    assert done.exit_code == 0
+    assert done.stdout == ""
+    assert "no tunnel runs in this network namespace" in done.stderr
