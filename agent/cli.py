@@ -373,13 +373,9 @@ def show(iface: str | None, as_json: bool) -> None:
     Per peer, like `wg show`: endpoint, epoch and ports now, next hop, session,
     latest hello and datagram, transfer, drops by reason and clock offset.
     """
-    from .control import ControlError, statuses
     from .show import render
 
-    try:
-        found = statuses(iface)
-    except ControlError as exc:
-        raise UserError(f"{exc}.") from None
+    found = _statuses(iface)
     if as_json:
         click.echo(json.dumps({"interfaces": found}, indent=2))
     elif not found:
@@ -397,14 +393,19 @@ def metrics(iface: str | None) -> None:
     scraper that runs a command: traffic, hellos and drops per peer, sessions,
     epochs and clock offsets. IFACE limits it to one tunnel.
     """
-    from .control import ControlError, statuses
     from .metrics import render
 
+    click.echo(render(_statuses(iface)), nl=False)
+
+
+def _statuses(iface: str | None) -> list[dict[str, Any]]:
+    """What the running agent (or each one here) reports, for show and metrics."""
+    from .control import ControlError, statuses
+
     try:
-        found = statuses(iface)
+        return statuses(iface)
     except ControlError as exc:
         raise UserError(f"{exc}.") from None
-    click.echo(render(found), nl=False)
 
 
 @main.command()
