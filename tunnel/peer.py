@@ -342,7 +342,9 @@ class Peer:
         self.stats.rx_datagrams += count
         self.stats.last_rx_ns = now_ns
         self.rx_session = session
-        if session.peer_eph == self.peer_eph:
+        # Under the sealing session this confirms nothing new: the sealing
+        # session already pairs the ephemeral the peer knows with its newest.
+        if session is not self.sealing and session.peer_eph == self.peer_eph:
             self._set_knows(session.own, now_ns, reset=False)
             self._choose_sealing(now_ns, out)
 
