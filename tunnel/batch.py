@@ -82,8 +82,8 @@ def open_datagrams(
     out: Output,
 ) -> None:
     """Open datagrams that came in together on one socket of `peer`."""
-    session = _run_session(peer, epochs, now_ns)
-    if session is None or len(dgrams) < 2 or min(map(len, dgrams)) < MIN_DATAGRAM:
+    session = None if len(dgrams) < 2 else _run_session(peer, epochs, now_ns)
+    if session is None or min(map(len, dgrams)) < MIN_DATAGRAM:
         for dgram in dgrams:
             peer.on_datagram(dgram, epochs, now_ns, out)
         return
