@@ -278,25 +278,27 @@ class DataPlane:
                 # One packet, its checksum complete: nothing to split. The
                 # common case of sparse traffic, where every call counts.
                 node.on_tun_packet(data[VNET_HDR_LEN:], now_ns, out)
-                if out.drop is not None:
-                    self._debug_drop(None, out.drop, now_ns)
-                continue
-            vnet, packet = data[:VNET_HDR_LEN], memoryview(data)[VNET_HDR_LEN:]
-            try:
-                rows = split_tcp_rows(vnet, packet, PAD_TO)
-                if rows is None:
-                    node.on_tun_packets(split(vnet, packet, PAD_TO), now_ns, out)
-                else:
-                    node.on_tun_rows(rows[0], rows[1], now_ns, out)
-            except MalformedPacket:
-                node.stats_malformed += 1
-                continue
+            else:
+                self._seal_superpacket(data, now_ns)
             if out.drop is not None:
                 self._debug_drop(None, out.drop, now_ns)
             if out.send_runs or len(out.send) >= SEND_BATCH:
                 self.flush(out)  # a superpacket's run goes out at once
         self.flush(out)
         self._arm(node.next_deadline_ns(now_ns))
+
+    def _seal_superpacket(self, data: bytes, now_ns: int) -> None:
+        """A read with its virtio-net header, split into wire packets and sealed."""
+        node = self.node
+        vnet, packet = data[:VNET_HDR_LEN], memoryview(data)[VNET_HDR_LEN:]
+        try:
+            rows = split_tcp_rows(vnet, packet, PAD_TO)
+            if rows is None:
+                node.on_tun_packets(split(vnet, packet, PAD_TO), now_ns, self.out)
+            else:
+                node.on_tun_rows(rows[0], rows[1], now_ns, self.out)
+        except MalformedPacket:
+            node.stats_malformed += 1
 
     def _tun_lost(self, exc: OSError) -> None:
         """A TUN read error never clears; stop reading rather than spin."""
@@ -434,14 +436,10 @@ class DataPlane:
 
     def _write_tun(self, packets: list[bytes]) -> None:
         fd = self.tun.fd
-        if self.tun.vnet_hdr and len(packets) == 1:  # nothing to coalesce with
-            try:
-                os.writev(fd, (ZERO_VNET_HDR, packets[0]))
-            except OSError as exc:
-                self.tun_errors.count("write", exc)
-            return
         if self.tun.vnet_hdr:
-            for hdr, packet in coalesce(packets):
+            lone = len(packets) == 1  # nothing to coalesce with
+            pairs = [(ZERO_VNET_HDR, packets[0])] if lone else coalesce(packets)
+            for hdr, packet in pairs:
                 try:
                     os.writev(fd, (hdr, packet))
                 except OSError as exc:
