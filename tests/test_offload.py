@@ -18,6 +18,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.packet import Packet, Raw
 
 from tunnel import offload
+from tunnel.buffers import RunBuffers
 from tunnel.coalesce import coalesce
 from tunnel.offload import (
     F_NEEDS_CSUM,
@@ -453,6 +454,11 @@ def test_split_into_rows_is_split_byte_for_byte(
     found = offload.split_tcp_rows(vnet, packet, 16)
     assert found is not None
     rows, lengths = found
+    scratch = RunBuffers()
+    scratch.split_rows(1, len(scratch.split))[:] = 0xA5  # what a last split left
+    reused = offload.split_tcp_rows(vnet, packet, 16, scratch)
+    assert reused is not None
+    assert reused[1] == lengths and reused[0].tobytes() == rows.tobytes()
     assert len(rows) == len(want) == len(lengths)
     for row, length, packet_i in zip(rows, lengths, want, strict=True):
         assert row[: len(packet_i)].tobytes() == packet_i

@@ -19,15 +19,15 @@ ADDRS = bytes([100, 64, 0, 1, 100, 64, 0, 2])
 
 
 def tcp_superpacket(
-    segments: int, last: int = MSS, sport: int = 40000, seq: int = 1
+    segments: int, last: int = MSS, sport: int = 40000, seq: int = 1, mss: int = MSS
 ) -> tuple[bytes, bytes]:
     """(virtio-net header, packet): TSO from 100.64.0.1 to 100.64.0.2."""
-    payload = os.urandom((segments - 1) * MSS + last)
+    payload = os.urandom((segments - 1) * mss + last)
     ip = struct.pack(
         "!BBHHHBBH8s", 0x45, 0, 40 + len(payload), 7, 0x4000, 64, 6, 0, ADDRS
     )
     tcp = struct.pack("!HHIIBBHHH", sport, 5201, seq, 1, 5 << 4, 0x18, 512, 0, 0)
-    hdr = offload.VnetHdr(offload.F_NEEDS_CSUM, offload.GSO_TCPV4, 40, MSS, 20, 16)
+    hdr = offload.VnetHdr(offload.F_NEEDS_CSUM, offload.GSO_TCPV4, 40, mss, 20, 16)
     return hdr.pack(), ip + tcp + payload
 
 
@@ -241,3 +241,99 @@ def test_tcp_segments_with_any_header_changed_never_raise(data: st.DataObject) -
     open_gro_run(b.peer("a"), buf, size, (epoch,), b.now(), got, superpackets=True)
     delivered = got.tun + [b"".join(bufs[1:]) for _, bufs in got.tun_gso]
     assert sum(len(p) for p in delivered) <= sum(len(p) for p in mutated)
+
+
+# -- Reused buffers (tunnel/buffers.py) --------------------------------------------
+
+
+def test_runs_sealed_before_a_flush_keep_their_own_buffers() -> None:
+    """Two superpackets sealed into one Output before the shell sends either:
+    the second must not be written over the first."""
+    net, a, b = connected()
+    out = Output()
+    packets = [tcp_superpacket(20, seq=1), tcp_superpacket(20, seq=1 + 20 * MSS)]
+    for vnet, packet in packets:
+        split = offload.split_tcp_rows(vnet, packet, PAD_TO, out.buffers)
+        assert split is not None
+        seal_rows(a.peer("b"), split[0], split[1], a.now(), out)
+    assert len(out.send_runs) == 2
+    got = Output()
+    for _, _, epoch, size, buf in out.send_runs:
+        open_gro_run(b.peer("a"), bytes(buf), size, (epoch,), b.now(), got, True)
+    written = [(bufs[0], b"".join(bufs[1:])) for _, bufs in got.tun_gso]
+    assert written == [coalesce.coalesce(wire_packets(*p))[0] for p in packets]
+
+
+def test_a_cleared_output_lends_the_same_buffer_again() -> None:
+    net, a, b = connected()
+    out = Output()
+    lent = []
+    for seq in (1, 1 + 10 * MSS):
+        split = offload.split_tcp_rows(
+            *tcp_superpacket(10, seq=seq), PAD_TO, out.buffers
+        )
+        assert split is not None
+        seal_rows(a.peer("b"), split[0], split[1], a.now(), out)
+        lent.append(out.send_runs[0][4].obj)
+        out.clear()
+    assert lent[0] is lent[1]
+
+
+def test_a_reused_receive_buffer_opens_only_its_first_nbytes() -> None:
+    """The shell reads each GRO run into one buffer: what an earlier, longer run
+    left beyond nbytes is never opened or delivered."""
+    net, a, b = connected()
+    out = Output()
+    rx = out.buffers.keep(bytearray(65_535))
+    peer = b.peer("a")
+    long_run = tcp_superpacket(40, seq=1)
+    short_run = tcp_superpacket(9, last=300, seq=1 + 40 * MSS)
+    written = []
+    for vnet, packet in (long_run, short_run):
+        epoch, buf, size = sealed_rows(a, vnet, packet)
+        rx[: len(buf)] = buf
+        open_gro_run(peer, rx, size, (epoch,), b.now(), out, True, len(buf))
+        written += [(bufs[0], b"".join(bufs[1:])) for _, bufs in out.tun_gso]
+        assert out.tun == []
+        out.clear()
+    expected = [coalesce.coalesce(wire_packets(*p))[0] for p in (long_run, short_run)]
+    assert written == expected
+    assert peer.stats.drops == {}
+
+
+def test_runs_longer_than_the_nonce_block_seal_and_open_whole() -> None:
+    """More rows than buffers.MAX_ROWS (small MSS): sealed and opened in chunks."""
+    net, a, b = connected()
+    mss = 96
+    payload = os.urandom(299 * mss + 10)
+    ip = struct.pack(
+        "!BBHHHBBH8s", 0x45, 0, 40 + len(payload), 7, 0x4000, 64, 6, 0, ADDRS
+    )
+    tcp = struct.pack("!HHIIBBHHH", 40000, 5201, 1, 1, 5 << 4, 0x18, 512, 0, 0)
+    vnet = offload.VnetHdr(offload.F_NEEDS_CSUM, offload.GSO_TCPV4, 40, mss, 20, 16)
+    packet = ip + tcp + payload
+    out = Output()
+    split = offload.split_tcp_rows(vnet.pack(), packet, PAD_TO, out.buffers)
+    assert split is not None and len(split[1]) == 300 > 128
+    seal_rows(a.peer("b"), split[0], split[1], a.now(), out)
+    _, _, epoch, size, buf = out.send_runs[0]
+    segs = wire_packets(vnet.pack(), packet)
+    got = Output()
+    for at in range(0, len(buf), 64 * size):  # GRO hands over 64 at most
+        chunk = bytes(buf[at : at + 64 * size])
+        open_gro_run(b.peer("a"), chunk, size, (epoch,), b.now(), got, False)
+    assert got.tun == segs
+    got = Output()
+    open_gro_run(b.peer("a"), bytes(buf), size, (epoch,), b.now(), got, False)
+    assert got.tun == [] and b.peer("a").stats.drops["replay"] == 300
+
+
+def test_a_split_into_used_scratch_equals_a_split_into_zeros() -> None:
+    out = Output()
+    for segments, last, mss in ((44, MSS, MSS), (7, 5, 1371), (30, 999, 1371)):
+        vnet, packet = tcp_superpacket(segments, last=last, mss=mss)
+        fresh = offload.split_tcp_rows(vnet, packet, PAD_TO)
+        reused = offload.split_tcp_rows(vnet, packet, PAD_TO, out.buffers)
+        assert fresh is not None and reused is not None
+        assert reused[1] == fresh[1]
+        assert reused[0].tobytes() == fresh[0].tobytes()

@@ -151,6 +151,10 @@ class DataPlane:
         self.epoll = select.epoll()
         self.hops: dict[int, tuple[Peer, HopSocket]] = {}  # by socket descriptor
         self._dgrams: list[bytes | memoryview] = []  # one socket's, this wakeup
+        # GRO runs are read into one buffer, opened before the next read; the
+        # views of its rows are made once (tunnel/buffers.py).
+        self._rx = self.out.buffers.keep(bytearray(RECV_BUFFER))
+        self._rx_views = [memoryview(self._rx)]
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -292,7 +296,7 @@ class DataPlane:
         node = self.node
         vnet, packet = data[:VNET_HDR_LEN], memoryview(data)[VNET_HDR_LEN:]
         try:
-            rows = split_tcp_rows(vnet, packet, PAD_TO)
+            rows = split_tcp_rows(vnet, packet, PAD_TO, self.out.buffers)
             if rows is None:
                 node.on_tun_packets(split(vnet, packet, PAD_TO), now_ns, self.out)
             else:
@@ -319,22 +323,23 @@ class DataPlane:
 
     def _drain(self, peer: Peer, hop: HopSocket, now_ns: int) -> None:
         """Read what the socket holds, then open it as one run (tunnel/batch.py)."""
-        sock, dgrams, out = hop.sock, self._dgrams, self.out
+        sock, dgrams, out, rx = hop.sock, self._dgrams, self.out, self._rx_views
         gro, superpackets = self.offloads.gro, self.tun.vnet_hdr
         for _ in range(IO_BATCH):
             try:
                 if gro:  # a run of datagrams of one size, laid end to end
-                    data, anc, _flags, _addr = sock.recvmsg(RECV_BUFFER, GRO_SPACE)
+                    nbytes, anc, _flags, _addr = sock.recvmsg_into(rx, GRO_SPACE)
                     size = udpoffload.gro_segment_size(anc)
-                    if size and size < len(data):
+                    if size and size < nbytes:
                         if dgrams:  # keep arrival order
                             open_datagrams(peer, dgrams, hop.epochs, now_ns, out)
                             dgrams.clear()
-                        open_gro_run(peer, data, size, hop.epochs, now_ns, out,
-                                     superpackets)  # fmt: skip
+                        open_gro_run(peer, self._rx, size, hop.epochs, now_ns, out,
+                                     superpackets, nbytes)  # fmt: skip
                         if len(out.tun_gso) >= TUN_RUNS_QUEUED:
                             self.flush(out)
                         continue
+                    data = bytes(rx[0][:nbytes])  # rx is read into again
                 else:
                     data = sock.recv(RECV_BUFFER)
                 dgrams.append(data)

@@ -40,8 +40,12 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .buffers import RunBuffers
 
 # -- The virtio-net header ----------------------------------------------------------
 
@@ -199,9 +203,13 @@ def _check_version(packet: memoryview, version: int) -> None:
 
 
 def _l4_offset(packet: memoryview, hdr: VnetHdr) -> int:
+    return _l4_at(packet, hdr.flags, hdr.csum_start)
+
+
+def _l4_at(packet: memoryview, flags: int, csum_start: int) -> int:
     """Where the TCP/UDP header starts: csum_start, else after the IP header."""
-    if hdr.flags & F_NEEDS_CSUM:
-        l4 = hdr.csum_start
+    if flags & F_NEEDS_CSUM:
+        l4 = csum_start
     elif len(packet) >= 20 and packet[0] >> 4 == 4:
         l4 = (packet[0] & 0x0F) * 4
     else:
@@ -330,73 +338,133 @@ def _padded(hdr: bytes, seg: memoryview, pad_to: int) -> bytes:
 
 
 def split_tcp_rows(
-    vnet_hdr: BytesLike, superpacket: BytesLike, pad_to: int
+    vnet_hdr: BytesLike,
+    superpacket: BytesLike,
+    pad_to: int,
+    into: RunBuffers | None = None,
 ) -> tuple[np.ndarray, list[int]] | None:
     """A TSO superpacket split as `split(..., pad_to)` does, into rows of one array.
 
     Returns (rows, lengths): row i holds wire packet i, zero-padded to a multiple
     of pad_to (byte for byte what `split` returns), and lengths[i] is its IP
-    length; every row is as long as the longest. The per-segment header fields
-    and checksums are computed as columns, so the work per segment is a few
-    array operations shared by all. None for anything that is not a TCP
-    superpacket with payload: the caller uses `split`. Raises MalformedPacket
-    as `split` does.
+    length; every row is as long as the longest. None for anything that is not
+    a TCP superpacket with payload: the caller uses `split`. Raises
+    MalformedPacket as `split` does. With `into`, the rows are its scratch
+    (RunBuffers.split_rows), valid until the next split into it.
+
+    Every segment but the last carries mss bytes, and only the first and the
+    last differ in flags, so the per-segment fields (IPv4 id and checksum,
+    sequence number, TCP checksum) are computed as columns for the uniform case
+    and the first and last rows are patched afterwards: a few array operations
+    per superpacket, whatever its length.
     """
-    hdr = VnetHdr.unpack(vnet_hdr)
-    kind = hdr.gso_type & ~GSO_ECN
-    if kind not in (GSO_TCPV4, GSO_TCPV6) or hdr.gso_size == 0:
+    if len(vnet_hdr) < VNET_HDR_LEN:
+        raise MalformedPacket("virtio-net header shorter than 10 bytes")
+    flags_v, kind, _, mss, csum_start, _ = VNET_HDR.unpack_from(vnet_hdr)
+    kind &= ~GSO_ECN
+    if kind not in (GSO_TCPV4, GSO_TCPV6) or mss == 0:
         return None
+    if pad_to & 1:
+        raise ValueError("split_tcp_rows needs an even pad_to: rows are 16-bit words")
     packet = memoryview(superpacket)
-    l4 = _l4_offset(packet, hdr)
+    l4 = _l4_at(packet, flags_v, csum_start)
     _check_version(packet, 4 if kind == GSO_TCPV4 else 6)
     thl = (packet[l4 + 12] >> 4) * 4
     hlen = l4 + thl
     if thl < 20 or hlen > len(packet):
         raise MalformedPacket("TCP header outside the packet")
-    mss = hdr.gso_size
     payload = packet[hlen:]
     if len(payload) <= mss:
         return None
     n = -(-len(payload) // mss)
-    ip = _IpCut.of(packet, l4)
+    cut = (n - 1) * mss
+    last_len = len(payload) - cut
+    v4 = kind == GSO_TCPV4
+    flags = packet[l4 + 13]
+    seq0 = int.from_bytes(packet[l4 + 4 : l4 + 8], "big")
+    middle = flags & ~(TCP_FIN | TCP_PSH | TCP_CWR)
+    first_f = middle | flags & TCP_CWR
+    last_f = middle | flags & (TCP_FIN | TCP_PSH)
+    # What all segments share of the TCP checksum: the header without seq,
+    # flags and checksum, and the pseudo-header without the length.
     ports, ack_off = bytes(packet[l4 : l4 + 4]), bytes(packet[l4 + 8 : l4 + 13])
     window, rest = bytes(packet[l4 + 14 : l4 + 16]), bytes(packet[l4 + 18 : hlen])
     base = ones_sum(ports + ack_off + b"\0" + window + rest) + thl
     base += _pseudo_sum(packet, IPPROTO_TCP)
-    flags = packet[l4 + 13]
-    seq0 = int.from_bytes(packet[l4 + 4 : l4 + 8], "big")
 
-    index = np.arange(n, dtype=np.int64)
-    plen = np.full(n, mss, dtype=np.int64)
-    plen[-1] = len(payload) - (n - 1) * mss
-    total = hlen + plen
-    seq = (seq0 + index * mss) & 0xFFFFFFFF
-    f = np.full(n, flags & ~(TCP_FIN | TCP_PSH | TCP_CWR), dtype=np.int64)
-    f[0] |= flags & TCP_CWR
-    f[-1] |= flags & (TCP_FIN | TCP_PSH)
-    psum = np.array(segment_sums(payload, mss), dtype=np.int64)
-    tcp_csum = -(base + plen + seq + f + psum) % 0xFFFF
-
-    if pad_to & 1:
-        raise ValueError("split_tcp_rows needs an even pad_to: rows are 16-bit words")
     width = hlen + mss + (-(hlen + mss) % pad_to)
-    rows = np.zeros((n, width), dtype=np.uint8)
+    if into is None:
+        rows = np.zeros((n, width), dtype=np.uint8)
+    else:  # scratch: zero what the packets do not cover
+        rows = into.split_rows(n, width)
+        rows[:-1, hlen + mss :] = 0
+        rows[-1, hlen + last_len :] = 0
     rows[:, :hlen] = np.frombuffer(packet[:hlen], dtype=np.uint8)
+    body = np.frombuffer(payload, dtype=np.uint8)
+    rows[:-1, hlen : hlen + mss] = body[:cut].reshape(n - 1, mss)
+    rows[-1, hlen : hlen + last_len] = body[cut:]
     words = rows.view(">u2")  # word k of a row is bytes 2k, 2k+1, big-endian
-    if ip.v4:
-        ident = (ip.id0 + index) & 0xFFFF
+    index = _index(n)
+
+    # Sequence numbers: l4 + 4 is a multiple of 4 (IP headers are 32-bit words).
+    seq = (index * mss + seq0) & 0xFFFFFFFF
+    rows.view(">u4")[:, (l4 + 4) // 4] = seq
+    rows[:, l4 + 13] = middle
+    rows[0, l4 + 13] = first_f
+    rows[-1, l4 + 13] = last_f
+    # The TCP checksum of each row: seq counts as its two words (2**16 == 1
+    # mod 0xffff), the payload as its segment sum.
+    psum = _payload_sums(payload, mss, n)
+    middle_csum = _FAR - (base + mss + middle) - (seq + psum)
+    csum = words[:, (l4 + TCP_CSUM_OFFSET) // 2]
+    csum[:] = middle_csum % 0xFFFF
+    csum[0] = -(base + mss + first_f + seq0 + int(psum[0])) % 0xFFFF
+    tail_seq = (seq0 + cut) & 0xFFFFFFFF
+    csum[-1] = -(base + last_len + last_f + tail_seq + int(psum[-1])) % 0xFFFF
+
+    total, last_total = hlen + mss, hlen + last_len
+    if v4:
+        ip_base = ones_sum(
+            bytes(packet[0:2]) + bytes(packet[6:10]) + bytes(packet[12:l4])
+        )
+        id0 = int.from_bytes(packet[4:6], "big")
+        ident = (index + id0) & 0xFFFF
         words[:, 1] = total
+        words[-1, 1] = last_total
         words[:, 2] = ident
-        words[:, 5] = -(ip.base + total + ident) % 0xFFFF
+        ip_csum = words[:, 5]
+        ip_csum[:] = (_FAR - (ip_base + total) - ident) % 0xFFFF
+        ip_csum[-1] = -(ip_base + last_total + int(ident[-1])) % 0xFFFF
     else:
         words[:, 2] = total - 40
-    words[:, (l4 + 4) // 2] = seq >> 16
-    words[:, (l4 + 6) // 2] = seq & 0xFFFF
-    rows[:, l4 + 13] = f
-    words[:, (l4 + TCP_CSUM_OFFSET) // 2] = tcp_csum
-    body = np.frombuffer(payload, dtype=np.uint8)
+        words[-1, 2] = last_total - 40
+    return rows, [total] * (n - 1) + [last_total]
+
+
+# A multiple of 0xffff far above any sum here: (_FAR - x) % 0xffff == -x % 0xffff
+# with no negative numbers in the arrays.
+_FAR = 0xFFFF << 40
+_INDEX = np.arange(1024, dtype=np.int64)
+
+
+def _index(n: int) -> np.ndarray:
+    return _INDEX[:n] if n <= len(_INDEX) else np.arange(n, dtype=np.int64)
+
+
+def _payload_sums(payload: memoryview, mss: int, n: int) -> np.ndarray:
+    """Sums congruent to ones_sum of each mss-byte segment (the last shorter).
+
+    The words are read little-endian (no byte swap per word), as 32-bit words
+    where mss allows: a 32-bit word is congruent to the sum of its two halves.
+    << 8 then makes each sum congruent to the big-endian word sum."""
+    if mss & 1 or n < 5:
+        return np.array(segment_sums(payload, mss), dtype=np.int64)
     cut = (n - 1) * mss
-    rows[:-1, hlen : hlen + mss] = body[:cut].reshape(n - 1, mss)
-    rows[-1, hlen : hlen + len(body) - cut] = body[cut:]
-    lengths: list[int] = total.tolist()
-    return rows, lengths
+    wide = 4 if mss & 3 == 0 else 2
+    words = np.frombuffer(payload, dtype=f"<u{wide}", count=cut // wide)
+    sums = np.empty(n, dtype=np.uint64)
+    np.add.reduce(words.reshape(n - 1, mss // wide), axis=1, out=sums[:-1])
+    signed = sums.view(np.int64)  # at most 2**40: no sign, no float promotion
+    signed[:-1] <<= 8
+    signed[-1] = ones_sum(payload[cut:])
+    return signed

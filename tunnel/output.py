@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .buffers import RunBuffers
+
 if TYPE_CHECKING:
     from .peer import Peer
 
@@ -30,7 +32,19 @@ class Output:
         default_factory=list
     )
 
+    # Buffers the fast path reuses (tunnel/buffers.py), made on first use.
+    _buffers: RunBuffers | None = None
+
+    @property
+    def buffers(self) -> RunBuffers:
+        if self._buffers is None:
+            self._buffers = RunBuffers()
+        return self._buffers
+
     def clear(self) -> None:
+        """Forget what was carried out; buffers lent for sends are free again."""
+        if self._buffers is not None:
+            self._buffers.release()
         self.tun.clear()
         self.tun_gso.clear()
         self.send_runs.clear()

@@ -24,13 +24,16 @@ of PROTOCOL.md are applied by the same code as for single datagrams.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 import numpy as np
 from cryptography.exceptions import InvalidTag
 
 from .batch import _reserve, _run_session
+from .buffers import MAX_ROWS, RunBuffers
 from .coalesce import _shape_mask
 from .constants import HEADER_LEN, MIN_DATAGRAM, PAD_TO, TAG_LEN
+from .datagram import Buffer
 from .offload import (
     F_NEEDS_CSUM,
     GSO_ECN,
@@ -57,22 +60,25 @@ _SHAPES: dict[tuple[int, int], np.ndarray] = {}
 
 def open_gro_run(
     peer: Peer,
-    buf: bytes,
+    buf: bytes | bytearray,
     size: int,
     epochs: tuple[int, ...],
     now_ns: int,
     out: Output,
     superpackets: bool,
+    nbytes: int | None = None,
 ) -> None:
-    """Open a GRO buffer of datagrams of `size` bytes (the last may be shorter).
+    """Open a GRO buffer of datagrams of `size` bytes (the last may be shorter):
+    all of buf, or its first nbytes (a receive buffer the shell reuses).
 
     With `superpackets` (the TUN takes GSO writes) a run that is one TCP flow in
     order is handed over as one GSO write in `out.tun_gso`;
     otherwise its inner packets go to `out.tun` one by one.
     """
-    view = memoryview(buf)
-    full = len(buf) // size
-    last = len(buf) - full * size or size  # the last datagram's size
+    nbytes = len(buf) if nbytes is None else nbytes
+    view = memoryview(buf)[:nbytes]
+    full = nbytes // size
+    last = nbytes - full * size or size  # the last datagram's size
     rows = full if last == size else full + 1
     session = _run_session(peer, epochs, now_ns)
     if (
@@ -97,24 +103,27 @@ def open_gro_run(
         _general(peer, view, size, 0, epochs, now_ns, out)
         return
     plen = size - _OVERHEAD
-    plain = bytearray(rows * plen)
-    pview = memoryview(plain)
+    bufs = out.buffers
+    plain = bufs.plain_buffer(rows * plen)
+    ins = bufs.rows(buf, size, HEADER_LEN, size - HEADER_LEN)
+    outs = bufs.rows(plain, plen, 0, plen)
     decrypt = peer.schedule.recv_data_aead(epoch, session.secret).decrypt_into
-    numbers = counters.tolist()
-    for i, counter in enumerate(numbers):
-        ad = counter.to_bytes(8, "big")
-        at = i * size
-        end = min(at + size, len(buf))
+    opened = _each_row(bufs, decrypt, counters[:full], ins, outs)
+    if opened == full < rows:  # the shorter last datagram
+        ad = counters[full:].astype(">u8").tobytes()
+        at, pat = full * size, full * plen
         try:
-            decrypt(_NONCE_PREFIX + ad, view[at + HEADER_LEN : end], ad,
-                    pview[i * plen : i * plen + end - at - _OVERHEAD])  # fmt: skip
-        except InvalidTag:  # another session, or forged: the general way
-            _opened_rows(peer, session, epoch, numbers[:i], plain, plen, last,
-                         size, now_ns, out, superpackets)  # fmt: skip
-            _general(peer, view, size, i, epochs, now_ns, out)
-            return
+            decrypt(_NONCE_PREFIX + ad, view[at + HEADER_LEN :], ad,
+                    memoryview(plain)[pat : pat + last - _OVERHEAD])  # fmt: skip
+            opened = rows
+        except InvalidTag:
+            pass
+    numbers = counters[:opened].tolist()
+    last = last if opened == rows else size  # did the shorter one open?
     _opened_rows(peer, session, epoch, numbers, plain, plen, last, size, now_ns,
                  out, superpackets)  # fmt: skip
+    if opened < rows:  # another session, or forged: the general way
+        _general(peer, view, size, opened, epochs, now_ns, out)
 
 
 def _general(
@@ -146,8 +155,8 @@ def _opened_rows(
 ) -> None:
     """Replay-check, count and deliver rows that opened under `session`.
 
-    Rows are plen bytes of plain; the row of the run's last datagram, if it is
-    among them, holds only last - overhead bytes of plaintext (then zeros)."""
+    Rows are plen bytes of plain; the last row holds only last - overhead bytes
+    of plaintext (then whatever the buffer held before)."""
     n = len(counters)
     if n == 0:
         return
@@ -164,7 +173,7 @@ def _opened_rows(
         if not fresh:
             return
     sizes = [size] * len(fresh)
-    if last != size and fresh[-1] == len(plain) // plen - 1:
+    if last != size and fresh[-1] == n - 1:
         sizes[-1] = last  # the run's shorter last datagram opened
     peer.opened_run(session, len(fresh), sum(sizes), now_ns, out)
     session.last_data_ns = now_ns
@@ -335,20 +344,22 @@ def seal_rows(
     epoch, first = reserved
     size = width + _OVERHEAD  # every datagram but the last
     last_plen = _padded(lengths[-1])
-    buf = bytearray((n - 1) * size + last_plen + _OVERHEAD)
-    view = memoryview(buf)
+    bufs = out.buffers
+    buf = bufs.lend((n - 1) * size + last_plen + _OVERHEAD)
+    view = memoryview(buf)[: (n - 1) * size + last_plen + _OVERHEAD]
     plain = rows.data.cast("B")
+    ins = bufs.split_views(rows)
+    if ins is None:
+        ins = [plain[at : at + width] for at in range(0, (n - 1) * width, width)]
+    outs = bufs.rows(buf, size, HEADER_LEN, size - HEADER_LEN)
     encrypt = peer.schedule.send_data_aead(epoch, session.secret).encrypt_into
-    for i in range(n - 1):
-        ad = (first + i).to_bytes(8, "big")
-        at = i * size + HEADER_LEN
-        encrypt(_NONCE_PREFIX + ad, plain[i * width : (i + 1) * width], ad,
-                view[at : at + size - HEADER_LEN])  # fmt: skip
+    _each_row(bufs, encrypt, np.arange(first, first + n - 1, dtype=np.uint64),
+              ins, outs)  # fmt: skip
     ad = (first + n - 1).to_bytes(8, "big")
     at = (n - 1) * size + HEADER_LEN
     encrypt(_NONCE_PREFIX + ad, plain[(n - 1) * width : (n - 1) * width + last_plen],
             ad, view[at:])  # fmt: skip
-    grid = np.frombuffer(buf, np.uint8)
+    grid = np.frombuffer(buf, np.uint8, len(view))
     body = grid[: (n - 1) * size].reshape(n - 1, size)
     samples = body[:, 8:24].tobytes() + bytes(view[at : at + 16])
     masks = np.frombuffer(peer.schedule.keys(epoch).send_hp.update(samples), ">u8")
@@ -359,8 +370,31 @@ def seal_rows(
     grid[at - HEADER_LEN : at] = heads[-1]
     out.send_runs.append((len(out.send), peer, epoch, size, view))
     session.last_data_ns = now_ns
-    peer.stats.tx_bytes += len(buf)
+    peer.stats.tx_bytes += len(view)
     peer.stats.tx_datagrams += n
+
+
+def _each_row(
+    bufs: RunBuffers,
+    aead: Callable[[Buffer, Buffer, Buffer, Buffer], int],
+    counters: np.ndarray,
+    ins: list[memoryview],
+    outs: list[memoryview],
+) -> int:
+    """aead(nonce, ins[i], ad, outs[i]) for each row's counter, the loop in C
+    (tunnel/buffers.py). Returns how many rows were done: all, or those before
+    the first that did not open (InvalidTag)."""
+    done: list[int] = []
+    try:
+        for at in range(0, len(counters), MAX_ROWS):
+            chunk = counters[at : at + MAX_ROWS]
+            k = len(chunk)
+            bufs.counters[:k] = chunk
+            done.extend(map(aead, bufs.nonces[:k], ins[at : at + k], bufs.ads,
+                            outs[at : at + k]))  # fmt: skip
+    except InvalidTag:
+        pass
+    return len(done)
 
 
 def _padded(length: int) -> int:
