@@ -251,13 +251,15 @@ class DataPlane:
     def _on_tun(self) -> None:
         node, out, fd = self.node, self.out, self.tun.fd
         now_ns = time.time_ns()
-        for _ in range(IO_BATCH):
+        for i in range(IO_BATCH):
             try:
                 packet = os.read(fd, TUN_READ_MAX)
             except BlockingIOError:
                 break
             except OSError as exc:  # EBADFD: the device was deleted under us
                 self._tun_lost(exc)
+                return
+            if i == 0 and self._send_lone(packet, now_ns):
                 return
             node.on_tun_packet(packet, now_ns, out)
             if out.drop is not None:
@@ -270,7 +272,7 @@ class DataPlane:
         split into the wire packets it stands for and sealed as one run."""
         node, out, fd = self.node, self.out, self.tun.fd
         now_ns = time.time_ns()
-        for _ in range(IO_BATCH):
+        for i in range(IO_BATCH):
             try:
                 data = os.read(fd, TUN_READ_MAX)
             except BlockingIOError:
@@ -281,6 +283,8 @@ class DataPlane:
             if data[1] == GSO_NONE and not data[0] & F_NEEDS_CSUM:
                 # One packet, its checksum complete: nothing to split. The
                 # common case of sparse traffic, where every call counts.
+                if i == 0 and self._send_lone(data[VNET_HDR_LEN:], now_ns):
+                    return
                 node.on_tun_packet(data[VNET_HDR_LEN:], now_ns, out)
             else:
                 self._seal_superpacket(data, now_ns)
@@ -290,6 +294,27 @@ class DataPlane:
                 self.flush(out)  # a superpacket's run goes out at once
         self.flush(out)
         self._arm(node.next_deadline_ns(now_ns))
+
+    def _send_lone(self, packet: bytes, now_ns: int) -> bool:
+        """The first packet of a wakeup, sent the short way if Peer.seal_one can
+        seal it; then the wakeup ends. It skips the read that would find the
+        queue empty, the Output and the timer (nothing was queued and no
+        deadline moved): on an idle tunnel that is most of the work, and if
+        more packets wait, the descriptor is still readable and the loop comes
+        straight back. False: nothing done, take the general way."""
+        peer = self.node.routes.lookup_dst(packet)
+        sealed = None if peer is None else peer.seal_one(packet, now_ns)
+        if sealed is None:
+            return False
+        assert peer is not None
+        epoch, dgram = sealed
+        peer_sockets = self.sockets.get(peer.name)
+        sock = None if peer_sockets is None else peer_sockets.socket_for(epoch)
+        if sock is None:
+            self._count_no_socket(peer)
+        else:
+            self._send(peer, sock, dgram)
+        return True
 
     def _seal_superpacket(self, data: bytes, now_ns: int) -> None:
         """A read with its virtio-net header, split into wire packets and sealed."""
@@ -314,18 +339,25 @@ class DataPlane:
     def _on_sockets(self) -> None:
         now_ns = time.time_ns()
         hops = self.hops
-        for fd, _events in self.epoll.poll(0):
+        ready = self.epoll.poll(0)
+        for fd, _events in ready:
             found = hops.get(fd)
             if found is not None:
-                self._drain(found[0], found[1], now_ns)
+                lone = self._drain(found[0], found[1], now_ns, len(ready) == 1)
+                if lone:  # one datagram, delivered the short way: nothing queued
+                    return
         self.flush(self.out)
         self._arm(self.node.next_deadline_ns(now_ns))
 
-    def _drain(self, peer: Peer, hop: HopSocket, now_ns: int) -> None:
-        """Read what the socket holds, then open it as one run (tunnel/batch.py)."""
+    def _drain(self, peer: Peer, hop: HopSocket, now_ns: int, alone: bool) -> bool:
+        """Read what the socket holds, then open it as one run (tunnel/batch.py).
+
+        True: the first read was one datagram that Peer.open_one opened, written
+        to the TUN at once, and the socket (`alone`, the only one ready) is left
+        for the next wakeup if it holds more (see _send_lone)."""
         sock, dgrams, out, rx = hop.sock, self._dgrams, self.out, self._rx_views
         gro, superpackets = self.offloads.gro, self.tun.vnet_hdr
-        for _ in range(IO_BATCH):
+        for i in range(IO_BATCH):
             try:
                 if gro:  # a run of datagrams of one size, laid end to end
                     nbytes, anc, _flags, _addr = sock.recvmsg_into(rx, GRO_SPACE)
@@ -339,9 +371,17 @@ class DataPlane:
                         if len(out.tun_gso) >= TUN_RUNS_QUEUED:
                             self.flush(out)
                         continue
+                    if (
+                        i == 0
+                        and alone
+                        and self._write_lone(peer, hop, rx[0][:nbytes], now_ns)
+                    ):
+                        return True
                     data = bytes(rx[0][:nbytes])  # rx is read into again
                 else:
                     data = sock.recv(RECV_BUFFER)
+                    if i == 0 and alone and self._write_lone(peer, hop, data, now_ns):
+                        return True
                 dgrams.append(data)
             except BlockingIOError:
                 break
@@ -352,6 +392,24 @@ class DataPlane:
             dgrams.clear()
             if self.out.drop is not None:
                 self._debug_drop(peer, self.out.drop, now_ns)
+        return False
+
+    def _write_lone(
+        self, peer: Peer, hop: HopSocket, dgram: Bytes, now_ns: int
+    ) -> bool:
+        """A lone datagram opened by Peer.open_one, written to the TUN; False:
+        nothing done, take the general way."""
+        packet = peer.open_one(dgram, hop.epochs, now_ns)
+        if packet is None:
+            return False
+        try:
+            if self.tun.vnet_hdr:
+                os.writev(self.tun.fd, (ZERO_VNET_HDR, packet))
+            else:
+                os.write(self.tun.fd, packet)
+        except OSError as exc:
+            self.tun_errors.count("write", exc)
+        return True
 
     def _debug_drop(self, peer: Peer | None, reason: str, now_ns: int) -> None:
         self.out.drop = None
