@@ -124,19 +124,31 @@ def checksum(data: BytesLike) -> int:
 
 def segment_sums(payload: memoryview, seg_len: int) -> list[int]:
     """A sum congruent to ones_sum of each seg_len slice (the last may be shorter)."""
-    n = len(payload)
-    full = n // seg_len
-    if seg_len & 1 or full < 4:
-        return [ones_sum(payload[i : i + seg_len]) for i in range(0, n, seg_len)]
-    words = np.frombuffer(payload, dtype="<u2", count=full * seg_len // 2)
-    # uint32 cannot overflow: at most 32767 words of at most 0xffff each. The
-    # words are read little-endian (no byte swap per word); << 8 turns each sum
-    # into one congruent to the big-endian word sum.
-    little = words.reshape(full, seg_len // 2).sum(axis=1, dtype=np.uint32)
-    sums: list[int] = (little.astype(np.uint64) << np.uint64(8)).tolist()
-    if n > full * seg_len:
-        sums.append(ones_sum(payload[full * seg_len :]))
+    sums: list[int] = segment_sum_array(payload, seg_len).tolist()
     return sums
+
+
+def segment_sum_array(payload: memoryview, seg_len: int) -> np.ndarray:
+    """segment_sums as an int64 array, for the column arithmetic of split_tcp_rows.
+
+    The words are read little-endian (no byte swap per word), as 32-bit words
+    where seg_len allows: a 32-bit word is congruent to the sum of its two
+    halves. << 8 then makes each sum congruent to the big-endian word sum."""
+    n = -(-len(payload) // seg_len)
+    if seg_len & 1 or n < 5:
+        starts = range(0, len(payload), seg_len)
+        return np.array(
+            [ones_sum(payload[i : i + seg_len]) for i in starts], dtype=np.int64
+        )
+    cut = (n - 1) * seg_len
+    wide = 4 if seg_len & 3 == 0 else 2
+    words = np.frombuffer(payload, dtype=f"<u{wide}", count=cut // wide)
+    sums = np.empty(n, dtype=np.uint64)
+    np.add.reduce(words.reshape(n - 1, seg_len // wide), axis=1, out=sums[:-1])
+    signed = sums.view(np.int64)  # at most 2**40: no sign, no float promotion
+    signed[:-1] <<= 8
+    signed[-1] = ones_sum(payload[cut:])
+    return signed
 
 
 def _pseudo_sum(packet: BytesLike, proto: int) -> int:
@@ -244,7 +256,7 @@ class _IpCut:
                 bytes(packet[12:l4]),
             )
             ident = int.from_bytes(packet[4:6], "big")
-            return cls(True, head, mid, tail, ident, ones_sum(head + mid + tail))
+            return cls(True, head, mid, tail, ident, _ipv4_shared_sum(packet, l4))
         return cls(False, bytes(packet[0:4]), b"", bytes(packet[6:l4]), 0, 0)
 
     def header(self, i: int, total: int) -> bytes:
@@ -254,6 +266,12 @@ class _IpCut:
         ident = (self.id0 + i) & 0xFFFF
         csum = -(self.base + total + ident) % 0xFFFF
         return _V4.pack(self.head, total, ident, self.mid, csum) + self.tail
+
+
+def _ipv4_shared_sum(packet: memoryview, l4: int) -> int:
+    """Ones' sum of what every segment's IPv4 header shares: all of it but the
+    total length, the id and the checksum."""
+    return ones_sum(bytes(packet[0:2]) + bytes(packet[6:10]) + bytes(packet[12:l4]))
 
 
 _V4 = struct.Struct("!2sHH4sH")  # head, total length, id, mid, checksum
@@ -414,7 +432,7 @@ def split_tcp_rows(
     rows[-1, l4 + 13] = last_f
     # The TCP checksum of each row: seq counts as its two words (2**16 == 1
     # mod 0xffff), the payload as its segment sum.
-    psum = _payload_sums(payload, mss, n)
+    psum = segment_sum_array(payload, mss)
     middle_csum = _FAR - (base + mss + middle) - (seq + psum)
     csum = words[:, (l4 + TCP_CSUM_OFFSET) // 2]
     csum[:] = middle_csum % 0xFFFF
@@ -424,9 +442,7 @@ def split_tcp_rows(
 
     total, last_total = hlen + mss, hlen + last_len
     if v4:
-        ip_base = ones_sum(
-            bytes(packet[0:2]) + bytes(packet[6:10]) + bytes(packet[12:l4])
-        )
+        ip_base = _ipv4_shared_sum(packet, l4)
         id0 = int.from_bytes(packet[4:6], "big")
         ident = (index + id0) & 0xFFFF
         words[:, 1] = total
@@ -449,22 +465,3 @@ _INDEX = np.arange(1024, dtype=np.int64)
 
 def _index(n: int) -> np.ndarray:
     return _INDEX[:n] if n <= len(_INDEX) else np.arange(n, dtype=np.int64)
-
-
-def _payload_sums(payload: memoryview, mss: int, n: int) -> np.ndarray:
-    """Sums congruent to ones_sum of each mss-byte segment (the last shorter).
-
-    The words are read little-endian (no byte swap per word), as 32-bit words
-    where mss allows: a 32-bit word is congruent to the sum of its two halves.
-    << 8 then makes each sum congruent to the big-endian word sum."""
-    if mss & 1 or n < 5:
-        return np.array(segment_sums(payload, mss), dtype=np.int64)
-    cut = (n - 1) * mss
-    wide = 4 if mss & 3 == 0 else 2
-    words = np.frombuffer(payload, dtype=f"<u{wide}", count=cut // wide)
-    sums = np.empty(n, dtype=np.uint64)
-    np.add.reduce(words.reshape(n - 1, mss // wide), axis=1, out=sums[:-1])
-    signed = sums.view(np.int64)  # at most 2**40: no sign, no float promotion
-    signed[:-1] <<= 8
-    signed[-1] = ones_sum(payload[cut:])
-    return signed

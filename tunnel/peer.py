@@ -358,12 +358,8 @@ class Peer:
         plaintext = datagram.open_(aead, h, dgram)
         if not plaintext:  # does not open here, or a keepalive
             return None
-        length = datagram.inner_length(plaintext)
-        if length is None or not 20 <= length <= len(plaintext):
-            return None
-        if self.routes.lookup_src(plaintext) is not self:
-            return None
-        if not window.accept(h):
+        length = self._deliverable(plaintext)
+        if isinstance(length, str) or not window.accept(h):
             return None
         stats = self.stats
         stats.rx_bytes += len(dgram)
@@ -418,15 +414,22 @@ class Peer:
     def deliver(self, plaintext: bytes | memoryview, out: Output) -> None:
         """An opened data plaintext to the TUN if its inner packet is whole and
         its source is one of this peer's allowed addresses."""
+        found = self._deliverable(plaintext)
+        if isinstance(found, str):
+            self.drop(out, found)
+        else:
+            out.tun.append(bytes(plaintext[:found]))
+
+    def _deliverable(self, plaintext: bytes | memoryview) -> int | str:
+        """The inner packet's length, or why it may not be delivered."""
         length = datagram.inner_length(plaintext)
         if length is None:
-            self.drop(out, "control")
-        elif length > len(plaintext) or length < 20:
-            self.drop(out, "length")
-        elif self.routes.lookup_src(plaintext) is not self:
-            self.drop(out, "source")
-        else:
-            out.tun.append(bytes(plaintext[:length]))
+            return "control"
+        if length > len(plaintext) or length < 20:
+            return "length"
+        if self.routes.lookup_src(plaintext) is not self:
+            return "source"
+        return length
 
     # -- sessions --
 

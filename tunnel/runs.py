@@ -363,9 +363,7 @@ def seal_rows(
     buf = bufs.lend((n - 1) * size + last_plen + _OVERHEAD)
     view = memoryview(buf)[: (n - 1) * size + last_plen + _OVERHEAD]
     plain = rows.data.cast("B")
-    ins = bufs.split_views(rows)
-    if ins is None:
-        ins = [plain[at : at + width] for at in range(0, (n - 1) * width, width)]
+    ins = bufs.split_views(rows) or bufs.rows(plain, width, 0, width)
     outs = bufs.rows(buf, size, HEADER_LEN, size - HEADER_LEN)
     encrypt = peer.schedule.send_data_aead(epoch, session.secret).encrypt_into
     counters = np.arange(first, first + n, dtype=np.uint64)
