@@ -173,6 +173,34 @@ def test_tcp_flows_arrive_intact_across_hops_with_underlay_loss(
             assert_loss_happened(lab, loss)
 
 
+def test_native_and_python_agents_carry_each_others_tcp_with_loss() -> None:
+    """One agent seals and opens runs in C (tunnel/_fastpath.c), its peer in
+    Python (HOPR_TUNNEL_NATIVE=0): the wire cannot tell them apart."""
+    require_netns("nft")
+    pytest.importorskip("tunnel._fastpath", reason="the extension is not built")
+    with Lab(2, underlay=4, hop_interval="1s") as lab:
+        add_loss(lab, 1)
+        a, b = lab.hosts
+        b.command_prefix = ("env", "HOPR_TUNNEL_NATIVE=0")
+        start_lab(lab)
+        first_epoch = epoch(lab, a)
+        flows = [(a, b, 4, 5201), (b, a, 6, 5202), (a, b, 6, 5203)]
+        transfers = [
+            lab.transfer_start(s, d, f, FLOW_BYTES, port, FLOW_RATE_BYTES_S)
+            for s, d, f, port in flows
+        ]
+        deadline = time.monotonic() + TRANSFER_TIMEOUT_S
+        for transfer in transfers:
+            assert_same_bytes(transfer.result(max(deadline - time.monotonic(), 1)),
+                              FLOW_BYTES)  # fmt: skip
+        assert epoch(lab, a) - first_epoch >= HOPS_MIN
+        assert_loss_happened(lab, 1)
+        (native_line,) = data_path_lines(lab, a)
+        (python_line,) = data_path_lines(lab, b)
+        assert "runs sealed and opened in native code" in native_line, native_line
+        assert "in Python (HOPR_TUNNEL_NATIVE=0)" in python_line, python_line
+
+
 def assert_loss_happened(lab: Lab, percent: int) -> None:
     """The bridge dropped about percent% of the tunnel's datagrams, both ways."""
     counts = loss_counts(lab)

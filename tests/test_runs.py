@@ -4,17 +4,33 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Iterator
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.test_peer_rules import connected
-from tunnel import batch, coalesce, offload
+from tunnel import batch, coalesce, native, offload
 from tunnel.constants import PAD_TO
 from tunnel.output import Output
 from tunnel.runs import open_gro_run, seal_rows
 
 MSS = 1368
+
+
+@pytest.fixture(autouse=True, params=["native", "python"])
+def sealing_code(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test here runs with the native runs (tunnel/_fastpath.c) and without."""
+    kept = native.fastpath
+    if request.param == "python":
+        native.fastpath = None
+    elif kept is None:
+        pytest.skip("tunnel._fastpath is not built")
+    yield
+    native.fastpath = kept
+
+
 ADDRS = bytes([100, 64, 0, 1, 100, 64, 0, 2])
 
 
@@ -337,3 +353,48 @@ def test_a_split_into_used_scratch_equals_a_split_into_zeros() -> None:
         assert fresh is not None and reused is not None
         assert reused[1] == fresh[1]
         assert reused[0].tobytes() == fresh[0].tobytes()
+
+
+def test_a_superpacket_sealed_in_one_call_is_the_run_split_and_seal_make() -> None:
+    """Node.on_tun_superpacket: one native call where built; the same datagrams
+    (opened by b to the same superpacket) as split_tcp_rows and seal_rows."""
+    net, a, b = connected()
+    vnet, packet = tcp_superpacket(45, last=900)
+    shape = offload.tcp_shape(vnet, memoryview(packet))
+    assert shape is not None
+    out = Output()
+    done = a.node.on_tun_superpacket(memoryview(packet), shape, a.now(), out)
+    assert done == (native.fastpath is not None)
+    if not done:  # the Python way, as the data plane takes it then
+        split = offload.split_tcp_rows(vnet, packet, PAD_TO)
+        assert split is not None
+        a.node.on_tun_rows(split[0], split[1], a.now(), out)
+    ((_, peer, epoch, size, view),) = out.send_runs
+    assert peer is a.peer("b") and a.peer("b").stats.tx_datagrams >= 45
+    got = Output()
+    open_gro_run(b.peer("a"), bytes(view), size, (epoch,), b.now(), got, True)
+    ((at, buffers),) = got.tun_gso
+    written = (buffers[0], b"".join(buffers[1:]))
+    assert [written] == coalesce.coalesce(wire_packets(vnet, packet))
+
+
+def test_a_superpacket_with_no_session_is_left_to_the_python_way() -> None:
+    net, a, b = connected()
+    a.peer("b").sealing = None
+    vnet, packet = tcp_superpacket(10)
+    shape = offload.tcp_shape(vnet, memoryview(packet))
+    assert shape is not None
+    out = Output()
+    assert not a.node.on_tun_superpacket(memoryview(packet), shape, a.now(), out)
+    assert out.send_runs == [] and out.send == []
+
+
+def test_a_superpacket_to_nobody_is_left_to_the_python_way() -> None:
+    net, a, b = connected()
+    vnet, packet = tcp_superpacket(10)
+    to_nobody = packet[:16] + bytes([100, 64, 9, 9]) + packet[20:]
+    shape = offload.tcp_shape(vnet, memoryview(to_nobody))
+    assert shape is not None
+    assert not a.node.on_tun_superpacket(
+        memoryview(to_nobody), shape, a.now(), Output()
+    )

@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from .constants import HEADER_LEN
+from .native import MAX_ROWS as NATIVE_ROWS
 
 Buffer = bytes | bytearray | memoryview
 
@@ -52,6 +53,8 @@ class RunBuffers:
         self.plain = self.keep(bytearray(0))  # an opened run, copied out in the call
         self.split = self.keep(bytearray(0))  # a split superpacket, sealed in the call
         self._split_rows: np.ndarray | None = None
+        # The counters of a natively opened run (tunnel/native.py).
+        self.opened = np.zeros(NATIVE_ROWS, dtype=np.uint64)
 
     def keep(self, buf: bytearray) -> bytearray:
         """Keep the row views of buf from run to run (a buffer that is reused)."""

@@ -37,7 +37,7 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
 
-from . import sockets, udpoffload
+from . import native, sockets, udpoffload
 from .batch import open_datagrams
 from .coalesce import coalesce
 from .constants import IO_BATCH, PAD_TO, RECV_BUFFER, SEND_BATCH, TUN_READ_MAX
@@ -50,6 +50,7 @@ from .offload import (
     MalformedPacket,
     split,
     split_tcp_rows,
+    tcp_shape,
 )
 from .output import Output
 from .peer import Peer
@@ -106,8 +107,9 @@ class Offloads:
 
     def describe(self) -> str:
         """One line for the log: fast, or plain and why."""
+        runs = f"runs sealed and opened in {native.state}"
         if not self.refused:
-            return "fast (TUN superpackets, UDP GSO, UDP GRO)"
+            return f"fast (TUN superpackets, UDP GSO, UDP GRO; {runs})"
         parts = [
             "TUN superpackets" if self.tun else "",
             "UDP GSO" if self.gso else "",
@@ -117,7 +119,7 @@ class Offloads:
         refused = "; ".join(self.refused)
         return (
             f"plain where refused (kernel refused {refused}); batching {using}; "
-            "one packet per system call elsewhere"
+            f"one packet per system call elsewhere; {runs}"
         )
 
 
@@ -321,6 +323,11 @@ class DataPlane:
         node = self.node
         vnet, packet = data[:VNET_HDR_LEN], memoryview(data)[VNET_HDR_LEN:]
         try:
+            shape = tcp_shape(vnet, packet)
+            if shape is not None and node.on_tun_superpacket(
+                packet, shape, now_ns, self.out
+            ):
+                return
             rows = split_tcp_rows(vnet, packet, PAD_TO, self.out.buffers)
             if rows is None:
                 node.on_tun_packets(split(vnet, packet, PAD_TO), now_ns, self.out)

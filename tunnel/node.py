@@ -25,7 +25,7 @@ from .constants import (
 from .datagram import Buffer
 from .output import Output
 from .peer import Peer
-from .runs import seal_rows
+from .runs import seal_rows, seal_superpacket
 from .schedule import PairSchedule
 from .session import Ephemeral, Ephemerals
 
@@ -127,6 +127,22 @@ class Node:
         seal_rows(peer, rows, lengths, now_ns, out)
         if self.ephemerals.rotation_requested:
             self._rotate(now_ns, out)
+
+    def on_tun_superpacket(
+        self,
+        packet: memoryview,
+        shape: tuple[int, int, int, bool],
+        now_ns: int,
+        out: Output,
+    ) -> bool:
+        """A TCP superpacket (offload.tcp_shape) sealed in one native call
+        (runs.seal_superpacket); False: not done, split it and take on_tun_rows."""
+        peer = self.routes.lookup_dst(packet[:40])
+        if peer is None or not seal_superpacket(peer, packet, shape, now_ns, out):
+            return False
+        if self.ephemerals.rotation_requested:
+            self._rotate(now_ns, out)
+        return True
 
     def on_datagram(
         self,

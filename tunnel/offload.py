@@ -355,6 +355,30 @@ def _padded(hdr: bytes, seg: memoryview, pad_to: int) -> bytes:
 # -- Splitting into rows (TUN read -> one array of padded wire packets) --------------
 
 
+def tcp_shape(
+    vnet_hdr: BytesLike, packet: memoryview
+) -> tuple[int, int, int, bool] | None:
+    """(l4, hlen, mss, v4) of a TSO superpacket: where its TCP header and its
+    payload start, the segment size, and whether it is IPv4. None for anything
+    that is not a TCP superpacket with more payload than one segment. Raises
+    MalformedPacket as `split` does."""
+    if len(vnet_hdr) < VNET_HDR_LEN:
+        raise MalformedPacket("virtio-net header shorter than 10 bytes")
+    flags_v, kind, _, mss, csum_start, _ = VNET_HDR.unpack_from(vnet_hdr)
+    kind &= ~GSO_ECN
+    if kind not in (GSO_TCPV4, GSO_TCPV6) or mss == 0:
+        return None
+    l4 = _l4_at(packet, flags_v, csum_start)
+    _check_version(packet, 4 if kind == GSO_TCPV4 else 6)
+    thl = (packet[l4 + 12] >> 4) * 4
+    hlen = l4 + thl
+    if thl < 20 or hlen > len(packet):
+        raise MalformedPacket("TCP header outside the packet")
+    if len(packet) - hlen <= mss:
+        return None
+    return l4, hlen, mss, kind == GSO_TCPV4
+
+
 def split_tcp_rows(
     vnet_hdr: BytesLike,
     superpacket: BytesLike,
@@ -376,28 +400,18 @@ def split_tcp_rows(
     and the first and last rows are patched afterwards: a few array operations
     per superpacket, whatever its length.
     """
-    if len(vnet_hdr) < VNET_HDR_LEN:
-        raise MalformedPacket("virtio-net header shorter than 10 bytes")
-    flags_v, kind, _, mss, csum_start, _ = VNET_HDR.unpack_from(vnet_hdr)
-    kind &= ~GSO_ECN
-    if kind not in (GSO_TCPV4, GSO_TCPV6) or mss == 0:
-        return None
     if pad_to & 1:
         raise ValueError("split_tcp_rows needs an even pad_to: rows are 16-bit words")
     packet = memoryview(superpacket)
-    l4 = _l4_at(packet, flags_v, csum_start)
-    _check_version(packet, 4 if kind == GSO_TCPV4 else 6)
-    thl = (packet[l4 + 12] >> 4) * 4
-    hlen = l4 + thl
-    if thl < 20 or hlen > len(packet):
-        raise MalformedPacket("TCP header outside the packet")
-    payload = packet[hlen:]
-    if len(payload) <= mss:
+    shape = tcp_shape(vnet_hdr, packet)
+    if shape is None:
         return None
+    l4, hlen, mss, v4 = shape
+    thl = hlen - l4
+    payload = packet[hlen:]
     n = -(-len(payload) // mss)
     cut = (n - 1) * mss
     last_len = len(payload) - cut
-    v4 = kind == GSO_TCPV4
     flags = packet[l4 + 13]
     seq0 = int.from_bytes(packet[l4 + 4 : l4 + 8], "big")
     middle = flags & ~(TCP_FIN | TCP_PSH | TCP_CWR)

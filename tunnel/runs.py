@@ -29,6 +29,7 @@ from collections.abc import Callable
 import numpy as np
 from cryptography.exceptions import InvalidTag
 
+from . import native
 from .batch import _reserve, _run_session
 from .buffers import MAX_ROWS, RunBuffers
 from .coalesce import _shape_mask
@@ -53,6 +54,8 @@ from .peer import MS, Peer
 from .session import Session
 
 _NONCE_PREFIX = bytes(4)
+_MAX_L4 = 100  # what tunnel/_fastpath.c takes: an IPv6 header and 60 bytes more
+_IPV6_HEADER_LEN = 40
 _OVERHEAD = HEADER_LEN + TAG_LEN
 _CLOSING = 0x01 | 0x02 | 0x04 | 0x20  # FIN, SYN, RST, URG travel alone
 _SHAPES: dict[tuple[int, int], np.ndarray] = {}
@@ -74,6 +77,10 @@ def open_gro_run(
     With `superpackets` (the TUN takes GSO writes) a run that is one TCP flow in
     order is handed over as one GSO write in `out.tun_gso`;
     otherwise its inner packets go to `out.tun` one by one.
+
+    Where tunnel/_fastpath.c is built (tunnel/native.py), unmasking and opening
+    the rows is one call to it, up to the first row that is a hello or does not
+    open; what follows (replay window, checks, coalescing) is the same code.
     """
     nbytes = len(buf) if nbytes is None else nbytes
     view = memoryview(buf)[:nbytes]
@@ -90,6 +97,22 @@ def open_gro_run(
         _general(peer, view, size, 0, epochs, now_ns, out)
         return
     epoch = epochs[0]
+    fast = native.fastpath
+    if fast is not None and rows <= native.MAX_ROWS:
+        schedule, plen, bufs = peer.schedule, size - _OVERHEAD, out.buffers
+        plain = bufs.plain_buffer(rows * plen)
+        opened = fast.open_run(
+            buf, nbytes, size, schedule.cipher_id,
+            schedule.recv_data_key(epoch, session.secret),
+            schedule.keys(epoch).recv_hp_key, plain, bufs.opened,
+        )  # fmt: skip
+        numbers = bufs.opened[:opened].tolist()
+        last = last if opened == rows else size  # did the shorter one open?
+        _opened_rows(peer, session, epoch, numbers, plain, plen, last, size, now_ns,
+                     out, superpackets)  # fmt: skip
+        if opened < rows:  # a hello, another session, or forged: the general way
+            _general(peer, view, size, opened, epochs, now_ns, out)
+        return
     grid = np.frombuffer(buf, np.uint8, full * size).reshape(full, size)
     samples = grid[:, 8:24].tobytes()
     heads = np.ascontiguousarray(grid[:, :HEADER_LEN]).tobytes()
@@ -379,6 +402,56 @@ def seal_rows(
     heads = counters ^ masks[::2]
     body[:, :HEADER_LEN].view(">u8")[:, 0] = heads[:-1]
     view[at - HEADER_LEN : at] = int(heads[-1]).to_bytes(8, "big")
+    _sealed_run(peer, session, epoch, size, view, n, now_ns, out)
+
+
+def seal_superpacket(
+    peer: Peer,
+    packet: memoryview,
+    shape: tuple[int, int, int, bool],
+    now_ns: int,
+    out: Output,
+) -> bool:
+    """A TCP superpacket (offload.tcp_shape) split and sealed by one native call
+    into one buffer of datagrams, byte for byte what split_tcp_rows and
+    seal_rows make of it. False, with nothing done, where that cannot be: no
+    native module, a shape or run length it does not take, no session that can
+    seal every segment. The caller then takes the Python way, which decides."""
+    fast = native.fastpath
+    session = peer.sealing
+    l4, hlen, mss, v4 = shape
+    n = -(-(len(packet) - hlen) // mss)
+    if fast is None or session is None or n > native.MAX_ROWS:
+        return False
+    if l4 > _MAX_L4 or not (v4 or l4 >= _IPV6_HEADER_LEN):
+        return False
+    reserved = _reserve(session, peer.schedule.epoch_at(now_ns // MS), n)
+    if reserved is None:
+        return False
+    epoch, first = reserved
+    schedule = peer.schedule
+    size = _padded(hlen + mss) + _OVERHEAD
+    buf = out.buffers.lend(n * size)
+    n, nbytes = fast.seal_tcp(
+        packet, l4, hlen, mss, v4, schedule.cipher_id,
+        schedule.send_data_key(epoch, session.secret),
+        schedule.keys(epoch).send_hp_key, first, buf,
+    )  # fmt: skip
+    _sealed_run(peer, session, epoch, size, memoryview(buf)[:nbytes], n, now_ns, out)
+    return True
+
+
+def _sealed_run(
+    peer: Peer,
+    session: Session,
+    epoch: int,
+    size: int,
+    view: memoryview,
+    n: int,
+    now_ns: int,
+    out: Output,
+) -> None:
+    """A sealed run of n datagrams of `size` (the last may be shorter), to send."""
     out.send_runs.append((len(out.send), peer, epoch, size, view))
     session.last_data_ns = now_ns
     peer.stats.tx_bytes += len(view)

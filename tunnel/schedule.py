@@ -102,9 +102,14 @@ class EpochKeys:
     recv_hp: CipherContext
     send_hello: AEAD
     recv_hello: AEAD
+    send_hp_key: bytes = b""  # the raw keys, for tunnel/_fastpath.c
+    recv_hp_key: bytes = b""
     # data AEADs per session secret, filled on first use
     send_data: dict[bytes, AEAD] = field(default_factory=dict)
     recv_data: dict[bytes, AEAD] = field(default_factory=dict)
+    # raw data keys per session secret, for tunnel/_fastpath.c
+    send_data_keys: dict[bytes, bytes] = field(default_factory=dict)
+    recv_data_keys: dict[bytes, bytes] = field(default_factory=dict)
 
 
 class PairSchedule:
@@ -187,6 +192,7 @@ class PairSchedule:
     def _derive(self, n: int) -> EpochKeys:
         secret = self.epoch_secret(n)
         local_port, remote_port = self._ports_from(secret)
+        send_hp, recv_hp = hp_key(secret, self.send_dir), hp_key(secret, self.recv_dir)
         return EpochKeys(
             epoch=n,
             secret=secret,
@@ -194,8 +200,10 @@ class PairSchedule:
             remote_port=remote_port,
             send_dir=self.send_dir,
             recv_dir=self.recv_dir,
-            send_hp=make_hp(hp_key(secret, self.send_dir)),
-            recv_hp=make_hp(hp_key(secret, self.recv_dir)),
+            send_hp=make_hp(send_hp),
+            recv_hp=make_hp(recv_hp),
+            send_hp_key=send_hp,
+            recv_hp_key=recv_hp,
             send_hello=make_aead(self.cipher_id, hello_key(secret, self.send_dir)),
             recv_hello=make_aead(self.cipher_id, hello_key(secret, self.recv_dir)),
         )
@@ -220,6 +228,24 @@ class PairSchedule:
             k.recv_data[session_secret] = aead
         return aead
 
+    def send_data_key(self, n: int, session_secret: bytes) -> bytes:
+        """The key send_data_aead is made from, for a native seal of a run."""
+        k = self.keys(n)
+        key = k.send_data_keys.get(session_secret)
+        if key is None:
+            key = data_key(k.secret, k.send_dir, session_secret)
+            k.send_data_keys[session_secret] = key
+        return key
+
+    def recv_data_key(self, n: int, session_secret: bytes) -> bytes:
+        """The key recv_data_aead is made from, for a native open of a run."""
+        k = self.keys(n)
+        key = k.recv_data_keys.get(session_secret)
+        if key is None:
+            key = data_key(k.secret, k.recv_dir, session_secret)
+            k.recv_data_keys[session_secret] = key
+        return key
+
     def forget_before(self, n: int) -> None:
         """Erase cached keys of epochs below n (they are stale; keep none longer)."""
         for old in [e for e in self._epochs if e < n]:
@@ -230,6 +256,8 @@ class PairSchedule:
         for k in self._epochs.values():
             k.send_data.pop(session_secret, None)
             k.recv_data.pop(session_secret, None)
+            k.send_data_keys.pop(session_secret, None)
+            k.recv_data_keys.pop(session_secret, None)
 
     # -- sessions --
 

@@ -1,0 +1,271 @@
+"""The native seal and open (tunnel/_fastpath.c) make exactly what Python makes.
+
+The reference is the protocol's own code: offload.split_tcp_rows cuts the
+superpacket (itself held to the kernel's segmentation by tests/test_offload.py)
+and datagram.seal / datagram.open_ seal and open each segment. Every datagram
+the extension writes must equal the reference byte for byte, for both ciphers,
+IPv4 and IPv6, any TCP header length, segment size and flags; and it must
+refuse, not overrun, any buffer too small for the run it is given.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tunnel import datagram, native, offload
+from tunnel.constants import (
+    CIPHER_AES_256_GCM,
+    CIPHER_CHACHA20_POLY1305,
+    HEADER_LEN,
+    HELLO_FLAG,
+    PAD_TO,
+    TAG_LEN,
+)
+from tunnel.schedule import make_aead, make_hp
+
+fastpath = pytest.importorskip("tunnel._fastpath", reason="the extension is not built")
+
+CIPHERS = [CIPHER_AES_256_GCM, CIPHER_CHACHA20_POLY1305]
+OVERHEAD = HEADER_LEN + TAG_LEN
+V4_ADDRS = bytes([100, 64, 0, 1, 100, 64, 0, 2])
+V6_ADDRS = bytes.fromhex("fd00" + "00" * 13 + "01" + "fd00" + "00" * 13 + "02")
+# TCP flags as Linux TSO sees them: ACK always, any of PSH, FIN, CWR, ECE, URG.
+FLAG_BITS = [0x01, 0x08, 0x20, 0x40, 0x80]
+
+
+def superpacket(
+    v4: bool,
+    segments: int,
+    last: int,
+    mss: int,
+    options: int = 12,
+    flags: int = 0x18,
+    seq: int = 1,
+    ident: int = 7,
+) -> tuple[bytes, memoryview]:
+    """(virtio-net header, packet): one TSO write of `segments` segments."""
+    payload = os.urandom((segments - 1) * mss + last)
+    tcp = struct.pack(
+        "!HHIIBBHHH", 40000, 5201, seq, 1, (5 + options // 4) << 4, flags, 512, 0, 0
+    ) + bytes([1] * options)  # NOPs stand in for options
+    if v4:
+        total = 20 + len(tcp) + len(payload)
+        ip = struct.pack(
+            "!BBHHHBBH8s", 0x45, 0, total & 0xFFFF, ident, 0x4000, 64, 6, 0, V4_ADDRS
+        )
+        kind, l4 = offload.GSO_TCPV4, 20
+    else:
+        ip = struct.pack("!IHBB32s", 6 << 28, len(tcp) + len(payload), 6, 64, V6_ADDRS)
+        kind, l4 = offload.GSO_TCPV6, 40
+    hdr = offload.VnetHdr(offload.F_NEEDS_CSUM, kind, l4 + len(tcp), mss, l4, 16)
+    return hdr.pack(), memoryview(ip + tcp + payload)
+
+
+def keys(cipher: int) -> tuple[bytes, bytes]:
+    return os.urandom(32), os.urandom(16)
+
+
+def reference_seal(
+    vnet: bytes, packet: memoryview, cipher: int, key: bytes, hp: bytes, first: int
+) -> bytes:
+    """Datagrams laid end to end, as the Python path makes them."""
+    split = offload.split_tcp_rows(vnet, packet, PAD_TO)
+    assert split is not None
+    rows, lengths = split
+    aead, mask = make_aead(cipher, key), make_hp(hp)
+    sealed = []
+    for i, length in enumerate(lengths):
+        plaintext = rows[i, : length + (-length % PAD_TO)].tobytes()
+        sealed.append(datagram.seal(aead, mask, first + i, plaintext))
+    return b"".join(sealed)
+
+
+def native_seal(
+    vnet: bytes, packet: memoryview, cipher: int, key: bytes, hp: bytes, first: int
+) -> bytes:
+    shape = offload.tcp_shape(vnet, packet)
+    assert shape is not None
+    l4, hlen, mss, v4 = shape
+    out = bytearray(70_000 + 200 * 1024)
+    n, nbytes = fastpath.seal_tcp(
+        packet, l4, hlen, mss, v4, cipher, key, hp, first, out
+    )
+    assert n == -(-(len(packet) - hlen) // mss)
+    return bytes(out[:nbytes])
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    v4=st.booleans(),
+    cipher=st.sampled_from(CIPHERS),
+    mss=st.integers(88, 1400),
+    segments=st.integers(2, 46),
+    last_fraction=st.floats(0.0, 1.0),
+    options=st.sampled_from([0, 4, 12, 20, 40]),
+    flags=st.sets(st.sampled_from(FLAG_BITS)),
+    seq=st.integers(0, 2**32 - 1),
+    ident=st.integers(0, 2**16 - 1),
+    first=st.integers(0, 2**40),
+)
+def test_seal_tcp_makes_the_datagrams_python_makes(
+    v4: bool,
+    cipher: int,
+    mss: int,
+    segments: int,
+    last_fraction: float,
+    options: int,
+    flags: set[int],
+    seq: int,
+    ident: int,
+    first: int,
+) -> None:
+    last = max(1, round(mss * last_fraction))
+    segments = min(segments, 60_000 // mss)  # an IP packet stays under 64 KB
+    if segments < 2:
+        segments, last = 2, min(last, 100)
+    vnet, packet = superpacket(
+        v4, segments, last, mss, options, 0x10 | sum(flags), seq, ident
+    )
+    key, hp = keys(cipher)
+    want = reference_seal(vnet, packet, cipher, key, hp, first)
+    assert native_seal(vnet, packet, cipher, key, hp, first) == want
+
+
+def test_seal_tcp_counts_past_the_32_bit_sequence_and_16_bit_id() -> None:
+    vnet, packet = superpacket(True, 45, 1368, 1368, seq=2**32 - 3000, ident=0xFFFE)
+    key, hp = keys(CIPHER_AES_256_GCM)
+    want = reference_seal(vnet, packet, CIPHER_AES_256_GCM, key, hp, 5)
+    assert native_seal(vnet, packet, CIPHER_AES_256_GCM, key, hp, 5) == want
+
+
+def sealed_run(
+    rows: int, size: int, cipher: int, key: bytes, hp: bytes, first: int, last: int = 0
+) -> tuple[bytes, list[bytes]]:
+    """A GRO buffer of `rows` datagrams of `size` bytes (the last `last` bytes
+    long if given) and their plaintexts."""
+    aead, mask = make_aead(cipher, key), make_hp(hp)
+    plains, dgrams = [], []
+    for i in range(rows):
+        length = (last if i == rows - 1 and last else size) - OVERHEAD
+        plains.append(os.urandom(length))
+        dgrams.append(datagram.seal(aead, mask, first + i, plains[-1]))
+    return b"".join(dgrams), plains
+
+
+def native_open(
+    buf: bytes, size: int, cipher: int, key: bytes, hp: bytes, nbytes: int | None = None
+) -> tuple[list[bytes], list[int]]:
+    """(plaintexts, counters) of the rows that opened."""
+    nbytes = len(buf) if nbytes is None else nbytes
+    plen = size - OVERHEAD
+    rows = -(-nbytes // size)
+    plain = bytearray(rows * plen)
+    counters = np.zeros(rows, dtype=np.uint64)
+    opened = fastpath.open_run(buf, nbytes, size, cipher, key, hp, plain, counters)
+    texts = []
+    for i in range(opened):
+        length = min(size, nbytes - i * size) - OVERHEAD
+        texts.append(bytes(plain[i * plen : i * plen + length]))
+    return texts, counters[:opened].tolist()
+
+
+@pytest.mark.parametrize("cipher", CIPHERS)
+@pytest.mark.parametrize("last", [0, 41, 600])
+def test_open_run_opens_what_python_sealed(cipher: int, last: int) -> None:
+    key, hp = keys(cipher)
+    buf, plains = sealed_run(45, 1448, cipher, key, hp, first=1000, last=last)
+    texts, counters = native_open(buf, 1448, cipher, key, hp)
+    assert texts == plains
+    assert counters == list(range(1000, 1045))
+
+
+@pytest.mark.parametrize("bad", [0, 7, 44])
+def test_open_run_stops_at_a_row_that_does_not_open(bad: int) -> None:
+    key, hp = keys(CIPHER_AES_256_GCM)
+    buf, plains = sealed_run(45, 1448, CIPHER_AES_256_GCM, key, hp, first=3)
+    forged = bytearray(buf)
+    forged[bad * 1448 + 700] ^= 1
+    texts, counters = native_open(bytes(forged), 1448, CIPHER_AES_256_GCM, key, hp)
+    assert texts == plains[:bad] and counters == list(range(3, 3 + bad))
+
+
+def test_open_run_stops_at_a_hello_and_at_another_key() -> None:
+    key, hp = keys(CIPHER_AES_256_GCM)
+    aead, mask = make_aead(CIPHER_AES_256_GCM, key), make_hp(hp)
+    body = [os.urandom(1424) for _ in range(4)]
+    hello = datagram.seal(aead, mask, HELLO_FLAG | 12345, body[2])
+    buf = b"".join(
+        [datagram.seal(aead, mask, i, body[i]) for i in range(2)]
+        + [hello, datagram.seal(aead, mask, 3, body[3])]
+    )
+    texts, _ = native_open(buf, 1448, CIPHER_AES_256_GCM, key, hp)
+    assert texts == body[:2]
+    other, _ = keys(CIPHER_AES_256_GCM)
+    assert native_open(buf, 1448, CIPHER_AES_256_GCM, other, hp)[0] == []
+
+
+def test_open_run_reads_only_nbytes() -> None:
+    key, hp = keys(CIPHER_AES_256_GCM)
+    buf, plains = sealed_run(10, 1448, CIPHER_AES_256_GCM, key, hp, first=0)
+    stale = buf + os.urandom(5000)  # a reused receive buffer holds old bytes after
+    texts, _ = native_open(stale, 1448, CIPHER_AES_256_GCM, key, hp, nbytes=len(buf))
+    assert texts == plains
+
+
+def test_buffers_too_small_are_refused_not_overrun() -> None:
+    key, hp = keys(CIPHER_AES_256_GCM)
+    vnet, packet = superpacket(True, 45, 1368, 1368)
+    shape = offload.tcp_shape(vnet, packet)
+    assert shape is not None
+    l4, hlen, mss, v4 = shape
+    need = len(reference_seal(vnet, packet, CIPHER_AES_256_GCM, key, hp, 0))
+    with pytest.raises(ValueError, match="needs"):
+        fastpath.seal_tcp(packet, l4, hlen, mss, v4, 1, key, hp, 0, bytearray(need - 1))
+    with pytest.raises(ValueError):
+        fastpath.seal_tcp(
+            packet, l4, len(packet), mss, v4, 1, key, hp, 0, bytearray(need)
+        )
+    with pytest.raises(ValueError):
+        fastpath.seal_tcp(packet, l4, hlen, 0, v4, 1, key, hp, 0, bytearray(need))
+    with pytest.raises(ValueError, match="key"):
+        fastpath.seal_tcp(
+            packet, l4, hlen, mss, v4, 1, key[:16], hp, 0, bytearray(need)
+        )
+    with pytest.raises(ValueError, match="cipher"):
+        fastpath.seal_tcp(packet, l4, hlen, mss, v4, 9, key, hp, 0, bytearray(need))
+    with pytest.raises(ValueError, match="segments"):
+        fastpath.seal_tcp(
+            packet, l4, hlen, mss, v4, 1, key, hp, 2**63 - 2, bytearray(need)
+        )
+    with pytest.raises(TypeError):
+        fastpath.seal_tcp(packet, l4, hlen, mss, v4, 1, key, hp, 0, bytes(need))
+
+    buf, _ = sealed_run(4, 1448, CIPHER_AES_256_GCM, key, hp, first=0)
+    counters = np.zeros(4, dtype=np.uint64)
+    with pytest.raises(ValueError):
+        fastpath.open_run(
+            buf, len(buf), 1448, 1, key, hp, bytearray(3 * 1424), counters
+        )
+    with pytest.raises(ValueError):
+        fastpath.open_run(
+            buf, len(buf), 1448, 1, key, hp, bytearray(4 * 1424), counters[:3]
+        )
+    with pytest.raises(ValueError):
+        fastpath.open_run(
+            buf, len(buf) + 1, 1448, 1, key, hp, bytearray(8000), counters
+        )
+    with pytest.raises(ValueError):
+        fastpath.open_run(buf, len(buf), 39, 1, key, hp, bytearray(8000), counters)
+
+
+def test_the_agent_uses_it_unless_told_not_to(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(native.ENV, raising=False)
+    assert native._load() == (fastpath, "native code")
+    monkeypatch.setenv(native.ENV, "0")
+    assert native._load() == (None, "Python (HOPR_TUNNEL_NATIVE=0)")

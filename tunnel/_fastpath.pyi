@@ -1,0 +1,24 @@
+from .datagram import Buffer
+
+def seal_tcp(
+    packet: Buffer,
+    l4: int,
+    hlen: int,
+    mss: int,
+    v4: bool,
+    cipher: int,
+    key: bytes,
+    hp_key: bytes,
+    first: int,
+    out: Buffer,
+) -> tuple[int, int]: ...
+def open_run(
+    buf: Buffer,
+    nbytes: int,
+    size: int,
+    cipher: int,
+    key: bytes,
+    hp_key: bytes,
+    plain: Buffer,
+    counters: Buffer,
+) -> int: ...
