@@ -47,10 +47,14 @@ MIRROR = "http://deb.debian.org/debian"
 # mirror), plus what a test needs to look around: ping and ps.
 PACKAGES = (
     "dbus",
+    "gcc",
     "iproute2",
     "iputils-ping",
+    "libc6-dev",
+    "libssl-dev",
     "procps",
     "python3",
+    "python3-dev",
     "python3-venv",
     "systemd",
     "systemd-sysv",

@@ -150,6 +150,11 @@ def test_install_puts_hopr_tunnel_on_path(lab: Lab) -> None:
     assert "Usage: hopr-tunnel" in lab.vm.out("hopr-tunnel --help")
 
 
+def test_install_builds_the_native_data_path(lab: Lab) -> None:
+    state = "import tunnel.native as n; print(n.state)"
+    assert lab.vm.out(f"/opt/hopr-tunnel/bin/python -c '{state}'") == "native code"
+
+
 def test_install_gives_config_dir_to_the_service_user_only(lab: Lab) -> None:
     assert (
         lab.vm.out("stat -c '%U:%G %a' /etc/hopr-tunnel")

@@ -25,8 +25,9 @@
 # directory without mounting it.
 set -euo pipefail
 
+# gcc ... libssl-dev: install.sh builds the data path's native part with them.
 readonly EXTRA_PACKAGES=(linux-image-amd64 openssh-server sudo rsync tcpdump
-    libcap2-bin)
+    libcap2-bin gcc libc6-dev python3-dev libssl-dev)
 readonly DISK_SIZE_GB=4
 readonly INSECURE_KEY_CANDIDATES=(
     /usr/share/rubygems-integration/all/gems/vagrant-*/keys/vagrant.pub
