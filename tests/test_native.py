@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tunnel import datagram, native, offload
+from tunnel import datagram, native, offload, runs
 from tunnel.constants import (
     CIPHER_AES_256_GCM,
     CIPHER_CHACHA20_POLY1305,
@@ -27,6 +27,7 @@ from tunnel.constants import (
     PAD_TO,
     TAG_LEN,
 )
+from tunnel.output import Output
 from tunnel.schedule import make_aead, make_hp
 
 fastpath = pytest.importorskip("tunnel._fastpath", reason="the extension is not built")
@@ -269,3 +270,104 @@ def test_the_agent_uses_it_unless_told_not_to(monkeypatch: pytest.MonkeyPatch) -
     assert native._load() == (fastpath, "native code")
     monkeypatch.setenv(native.ENV, "0")
     assert native._load() == (None, "Python (HOPR_TUNNEL_NATIVE=0)")
+
+
+def python_superpacket(grid: np.ndarray, last_plen: int) -> bytes | None:
+    """What runs._deliver_flow writes for the whole run, or None if not one
+    superpacket: the reference for coalesce_tcp."""
+    rows, plen = grid.shape
+    l4 = 20 if grid[0, 0] >> 4 == 4 else 40
+    at = 2 if l4 == 20 else 4
+    lengths = runs._column16(grid, at) + (0 if l4 == 20 else 40)
+    if lengths.min() < l4 or lengths.max() > plen or lengths[-1] > last_plen:
+        return None
+    out = Output()
+    if not runs._superpacket(grid, lengths, l4, out):
+        return None
+    ((_, buffers),) = out.tun_gso
+    return b"".join(buffers)
+
+
+# (what, row, byte offset from the TCP header or None for IP, xor) - one change
+# to one row of a run that was one flow in order.
+MUTATIONS = {
+    "none": None,
+    "seq": ("tcp", 7, 0x01),
+    "port": ("tcp", 1, 0x01),
+    "cwr": ("tcp", 13, 0x80),
+    "psh": ("tcp", 13, 0x08),
+    "fin": ("tcp", 13, 0x01),
+    "syn": ("tcp", 13, 0x02),
+    "tcp-checksum": ("tcp", 16, 0xFF),
+    "window": ("tcp", 15, 0x01),
+    "ttl-or-hop-limit": ("ip", None, 0x01),
+    "version": ("ip", 0, 0x20),
+}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    v4=st.booleans(),
+    mss=st.integers(20, 1400),
+    segments=st.integers(2, 45),
+    last_fraction=st.floats(0.0, 1.0),
+    options=st.sampled_from([0, 12, 40]),
+    psh=st.booleans(),
+    seq=st.integers(0, 2**32 - 1),
+    mutation=st.sampled_from(sorted(MUTATIONS)),
+    row_fraction=st.floats(0.0, 1.0),
+    whole=st.booleans(),
+)
+def test_coalesce_tcp_writes_what_python_writes(
+    v4: bool,
+    mss: int,
+    segments: int,
+    last_fraction: float,
+    options: int,
+    psh: bool,
+    seq: int,
+    mutation: str,
+    row_fraction: float,
+    whole: bool,
+) -> None:
+    segments = max(2, min(segments, 60_000 // mss))
+    last = max(1, round(mss * last_fraction))
+    flags = 0x10 | (0x08 if psh else 0)
+    vnet, packet = superpacket(v4, segments, last, mss, options, flags, seq)
+    split = offload.split_tcp_rows(vnet, packet, PAD_TO)
+    assert split is not None
+    grid = np.ascontiguousarray(split[0])
+    rows, plen = grid.shape
+    change = MUTATIONS[mutation]
+    if change is not None:
+        where, offset, xor = change
+        row = min(rows - 1, int(row_fraction * rows))
+        l4 = 20 if v4 else 40
+        if where == "tcp":
+            grid[row, l4 + offset] ^= xor
+        else:
+            grid[row, (8 if v4 else 7) if offset is None else offset] ^= xor
+    # The last row's plaintext may end before its row does (a shorter datagram).
+    last_plen = int(split[1][-1]) if whole else plen
+    want = python_superpacket(grid, last_plen)
+    got = fastpath.coalesce_tcp(grid, plen, 0, rows, last_plen)
+    assert got == want
+    if mutation == "none":
+        assert got is not None
+
+
+def test_coalesce_tcp_takes_a_stretch_of_rows() -> None:
+    vnet, packet = superpacket(True, 10, 1368, 1368)
+    split = offload.split_tcp_rows(vnet, packet, PAD_TO)
+    assert split is not None
+    grid = np.ascontiguousarray(split[0])
+    rows, plen = grid.shape
+    want = python_superpacket(grid[3:7], plen)
+    assert want is not None
+    assert fastpath.coalesce_tcp(grid, plen, 3, 7, plen) == want
+    assert fastpath.coalesce_tcp(grid, plen, 3, 4, plen) is None  # one row: no
+    for start, end in ((0, rows + 1), (5, 5), (-1, 3)):
+        with pytest.raises(ValueError):
+            fastpath.coalesce_tcp(grid, plen, start, end, plen)
+    with pytest.raises(ValueError):
+        fastpath.coalesce_tcp(grid, plen, 0, rows, plen + 1)

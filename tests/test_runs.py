@@ -57,6 +57,12 @@ def sealed_run(a: object, packets: list[bytes]) -> tuple[int, bytes, int]:
     return epochs.pop(), b"".join(dgrams), len(dgrams[0])
 
 
+def gso_write(buffers: tuple[bytes, ...]) -> tuple[bytes, bytes]:
+    """(virtio-net header, superpacket) of one TUN write in Output.tun_gso."""
+    joined = b"".join(buffers)
+    return joined[: offload.VNET_HDR_LEN], joined[offload.VNET_HDR_LEN :]
+
+
 def wire_packets(vnet: bytes, packet: bytes) -> list[bytes]:
     return offload.split(vnet, packet)
 
@@ -71,7 +77,7 @@ def test_one_tcp_flow_becomes_the_superpacket_the_sender_split() -> None:
     assert got.tun == [] and len(got.tun_gso) == 1
     at, buffers = got.tun_gso[0]
     assert at == 0
-    written = (buffers[0], b"".join(buffers[1:]))
+    written = gso_write(buffers)
     assert [written] == coalesce.coalesce(segs)
     assert b.peer("a").stats.rx_datagrams >= 40
 
@@ -108,7 +114,7 @@ def test_a_forged_datagram_mid_run_costs_only_itself() -> None:
     got = Output()
     peer = b.peer("a")
     open_gro_run(peer, bytes(forged), size, (epoch,), b.now(), got, True)
-    delivered = [b"".join(bufs[1:]) for _, bufs in got.tun_gso] + got.tun
+    delivered = [gso_write(bufs)[1] for _, bufs in got.tun_gso] + got.tun
     assert sorted(delivered) != []
     for seg in segs[:3] + segs[4:]:
         assert any(seg[40:] in d for d in delivered)
@@ -163,7 +169,7 @@ def test_stretches_of_interleaved_flows_each_become_a_superpacket() -> None:
     epoch, buf, size = sealed_run(a, padded)
     got = Output()
     open_gro_run(b.peer("a"), buf, size, (epoch,), b.now(), got, superpackets=True)
-    written = [(bufs[0], b"".join(bufs[1:])) for _, bufs in got.tun_gso]
+    written = [gso_write(bufs) for _, bufs in got.tun_gso]
     assert written == (
         coalesce.coalesce(one[:3]) + coalesce.coalesce(two) + coalesce.coalesce(one[3:])
     )
@@ -198,7 +204,7 @@ def test_sealed_rows_open_as_a_gro_run_into_the_same_superpacket() -> None:
     epoch, buf, size = sealed_rows(a, vnet, packet)
     got = Output()
     open_gro_run(b.peer("a"), buf, size, (epoch,), b.now(), got, superpackets=True)
-    written = [(bufs[0], b"".join(bufs[1:])) for _, bufs in got.tun_gso]
+    written = [gso_write(bufs) for _, bufs in got.tun_gso]
     assert written == coalesce.coalesce(wire_packets(vnet, packet))
 
 
@@ -255,7 +261,7 @@ def test_tcp_segments_with_any_header_changed_never_raise(data: st.DataObject) -
     epoch, buf, size = sealed_run(a, mutated)
     got = Output()
     open_gro_run(b.peer("a"), buf, size, (epoch,), b.now(), got, superpackets=True)
-    delivered = got.tun + [b"".join(bufs[1:]) for _, bufs in got.tun_gso]
+    delivered = got.tun + [gso_write(bufs)[1] for _, bufs in got.tun_gso]
     assert sum(len(p) for p in delivered) <= sum(len(p) for p in mutated)
 
 
@@ -276,7 +282,7 @@ def test_runs_sealed_before_a_flush_keep_their_own_buffers() -> None:
     got = Output()
     for _, _, epoch, size, buf in out.send_runs:
         open_gro_run(b.peer("a"), bytes(buf), size, (epoch,), b.now(), got, True)
-    written = [(bufs[0], b"".join(bufs[1:])) for _, bufs in got.tun_gso]
+    written = [gso_write(bufs) for _, bufs in got.tun_gso]
     assert written == [coalesce.coalesce(wire_packets(*p))[0] for p in packets]
 
 
@@ -309,7 +315,7 @@ def test_a_reused_receive_buffer_opens_only_its_first_nbytes() -> None:
         epoch, buf, size = sealed_rows(a, vnet, packet)
         rx[: len(buf)] = buf
         open_gro_run(peer, rx, size, (epoch,), b.now(), out, True, len(buf))
-        written += [(bufs[0], b"".join(bufs[1:])) for _, bufs in out.tun_gso]
+        written += [gso_write(bufs) for _, bufs in out.tun_gso]
         assert out.tun == []
         out.clear()
     expected = [coalesce.coalesce(wire_packets(*p))[0] for p in (long_run, short_run)]
@@ -374,7 +380,7 @@ def test_a_superpacket_sealed_in_one_call_is_the_run_split_and_seal_make() -> No
     got = Output()
     open_gro_run(b.peer("a"), bytes(view), size, (epoch,), b.now(), got, True)
     ((at, buffers),) = got.tun_gso
-    written = (buffers[0], b"".join(buffers[1:]))
+    written = gso_write(buffers)
     assert [written] == coalesce.coalesce(wire_packets(vnet, packet))
 
 

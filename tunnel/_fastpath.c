@@ -372,7 +372,133 @@ done:
     return result;
 }
 
+/* -- coalesce_tcp ---------------------------------------------------------------- */
+
+#define TCP_SYN 0x02
+#define TCP_RST 0x04
+#define TCP_ACK 0x10
+#define TCP_URG 0x20
+#define VNET_HDR_LEN 10
+#define F_NEEDS_CSUM 1
+#define GSO_TCPV4 1
+#define GSO_TCPV6 4
+#define GSO_ECN 0x80
+
+static uint32_t get16(const uint8_t *p) { return (uint32_t)p[0] << 8 | p[1]; }
+
+/* The sum of n bytes as big-endian words, unfolded, for sums taken mod 0xffff as
+ * offload.ones_sum takes them (n even here). */
+static uint64_t word_sum(const uint8_t *p, size_t n) {
+    uint64_t s = 0;
+    for (size_t i = 0; i + 1 < n; i += 2) s += get16(p + i);
+    return s;
+}
+
+/* Whether header byte k may differ between segments of one superpacket
+ * (coalesce._shape_mask): lengths, IPv4 id and checksum, seq, TCP checksum. */
+static int varies(size_t k, size_t l4) {
+    if (l4 == 20 && ((k >= 2 && k < 6) || (k >= 10 && k < 12))) return 1;
+    if (l4 == 40 && k >= 4 && k < 6) return 1;
+    return (k >= l4 + 4 && k < l4 + 8) || (k >= l4 + 16 && k < l4 + 18);
+}
+
+/* Rows [start, end) of plen bytes each: the superpacket (virtio-net header first)
+ * runs._superpacket would write for them, into a new bytes object; NULL with no
+ * error set if they are not one TCP flow in order of full segments. */
+static PyObject *coalesce_rows(const uint8_t *grid, size_t plen, size_t start, size_t end,
+                               size_t last_plen) {
+    const uint8_t *row0 = grid + start * plen;
+    size_t n = end - start, l4;
+    if (n < 2 || plen < 60) return NULL;
+    if (row0[0] == 0x45 && row0[9] == IPPROTO_TCP_ && !(row0[6] & 0x3f) && !row0[7])
+        l4 = 20;
+    else if (row0[0] >> 4 == 6 && row0[6] == IPPROTO_TCP_)
+        l4 = 40;
+    else
+        return NULL;
+    size_t thl = (size_t)(row0[l4 + 12] >> 4) * 4, hlen = l4 + thl;
+    uint8_t flags0 = row0[l4 + 13];
+    if (thl < 20 || hlen > plen) return NULL;
+    if (flags0 & (TCP_FIN | TCP_SYN | TCP_RST | TCP_URG) || !(flags0 & TCP_ACK)) return NULL;
+    size_t mss = 0, total = hlen;
+    uint32_t seq0 = get32(row0 + l4 + 4);
+    int psh = 0;
+    for (size_t i = 0; i < n; i++) {
+        const uint8_t *row = row0 + i * plen;
+        size_t length = l4 == 20 ? get16(row + 2) : get16(row + 4) + 40;
+        size_t room = start + i + 1 == end ? last_plen : plen;
+        if (length <= hlen || length > room || length > plen) return NULL;
+        size_t payload = length - hlen;
+        if (i == 0) mss = payload;
+        else if (payload > mss || (i + 1 < n && payload != mss)) return NULL;
+        for (size_t k = 0; k < hlen; k++) {
+            uint8_t mask = k == l4 + 13 ? (uint8_t)~(TCP_PSH | TCP_CWR) : 0xff;
+            if (!varies(k, l4) && (row[k] & mask) != (row0[k] & mask)) return NULL;
+        }
+        if (i > 0 && row[l4 + 13] & TCP_CWR) return NULL;
+        if (get32(row + l4 + 4) != (uint32_t)(seq0 + i * mss)) return NULL;
+        psh |= row[l4 + 13] & TCP_PSH;
+        total += payload;
+    }
+    if (total > 65535 + (l4 == 40 ? 40 : 0)) return NULL;
+    PyObject *packet = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(VNET_HDR_LEN + total));
+    if (packet == NULL) return NULL;
+    uint8_t *out = (uint8_t *)PyBytes_AS_STRING(packet);
+    uint8_t *hdr = out + VNET_HDR_LEN;
+    memcpy(hdr, row0, hlen);
+    if (l4 == 20) {
+        put16(hdr + 2, (uint32_t)total);
+        put16(hdr + 10, 0);
+        put16(hdr + 10, (uint32_t)((0xffff - word_sum(hdr, 20) % 0xffff) % 0xffff));
+    } else {
+        put16(hdr + 4, (uint32_t)(total - 40));
+    }
+    if (psh) hdr[l4 + 13] |= TCP_PSH;
+    uint64_t pseudo = (l4 == 20 ? word_sum(hdr + 12, 8) : word_sum(hdr + 8, 32))
+                      + IPPROTO_TCP_ + (total - l4);
+    put16(hdr + l4 + 16, (uint32_t)(pseudo % 0xffff));
+    /* struct virtio_net_hdr, in host byte order */
+    uint16_t vnet[5] = {0, (uint16_t)hlen, (uint16_t)mss, (uint16_t)l4, 16};
+    out[0] = F_NEEDS_CSUM;
+    out[1] = (uint8_t)((l4 == 20 ? GSO_TCPV4 : GSO_TCPV6) | (flags0 & TCP_CWR ? GSO_ECN : 0));
+    memcpy(out + 2, vnet + 1, 8);
+    uint8_t *at = hdr + hlen;
+    for (size_t i = 0; i < n; i++) {
+        const uint8_t *row = row0 + i * plen;
+        size_t length = l4 == 20 ? get16(row + 2) : get16(row + 4) + 40;
+        memcpy(at, row + hlen, length - hlen);
+        at += length - hlen;
+    }
+    return packet;
+}
+
+PyDoc_STRVAR(coalesce_tcp_doc,
+"coalesce_tcp(rows, plen, start, end, last_plen) -> bytes | None\n\n"
+"Rows start..end-1 (plen bytes each; the last row of all holds at most last_plen)\n"
+"as the one GSO superpacket runs._superpacket writes for them, virtio-net header\n"
+"first; None if they are not one TCP flow in order of full segments.");
+
+static PyObject *coalesce_tcp(PyObject *self, PyObject *args) {
+    Py_buffer rows = {0};
+    Py_ssize_t plen, start, end, last_plen;
+    PyObject *result = NULL;
+    if (!PyArg_ParseTuple(args, "y*nnnn", &rows, &plen, &start, &end, &last_plen))
+        return NULL;
+    if (plen < 1 || start < 0 || end <= start || last_plen < 0 || last_plen > plen ||
+        end > rows.len / plen) {
+        PyErr_SetString(PyExc_ValueError, "rows outside the buffer");
+        goto done;
+    }
+    result = coalesce_rows(rows.buf, (size_t)plen, (size_t)start, (size_t)end,
+                           end == rows.len / plen ? (size_t)last_plen : (size_t)plen);
+    if (result == NULL && !PyErr_Occurred()) result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&rows);
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"coalesce_tcp", coalesce_tcp, METH_VARARGS, coalesce_tcp_doc},
     {"seal_tcp", seal_tcp, METH_VARARGS, seal_tcp_doc},
     {"open_run", open_run, METH_VARARGS, open_run_doc},
     {NULL, NULL, 0, NULL},

@@ -1,3 +1,5 @@
+import numpy as np
+
 from .datagram import Buffer
 
 def seal_tcp(
@@ -22,3 +24,6 @@ def open_run(
     plain: Buffer,
     counters: Buffer,
 ) -> int: ...
+def coalesce_tcp(
+    rows: Buffer | np.ndarray, plen: int, start: int, end: int, last_plen: int
+) -> bytes | None: ...

@@ -217,6 +217,18 @@ def _deliver_flow(
     each stretch of rows of one TCP flow in order as one superpacket. False:
     not that case, nothing done (the caller delivers row by row)."""
     rows, plen = grid.shape
+    fast = native.fastpath
+    # The bulk case in one native call: the whole run one flow in order.
+    if (
+        fast is not None
+        and superpackets
+        and rows > 1
+        and peer.routes.lookup_src(grid[0, :40].tobytes()) is peer
+    ):
+        packet = fast.coalesce_tcp(grid, plen, 0, rows, last_plen)
+        if packet is not None:
+            out.tun_gso.append((len(out.tun), (packet,)))
+            return True
     version = grid[0, 0] >> 4
     if version == 4:
         lengths = _column16(grid, 2)
@@ -255,12 +267,30 @@ def _deliver_flow(
     flows = grid[:, flow]
     starts = [0, *(np.flatnonzero((flows[1:] != flows[:-1]).any(axis=1)) + 1), rows]
     for start, end in zip(starts, starts[1:], strict=False):
-        if end - start > 1 and _superpacket(
-            grid[start:end], lengths[start:end], l4, out
-        ):
+        if end - start > 1 and _stretch(grid, start, end, lengths, l4, last_plen, out):
             continue
         for i in range(start, end):
             out.tun.append(grid[i, : int(lengths[i])].tobytes())
+    return True
+
+
+def _stretch(
+    grid: np.ndarray,
+    start: int,
+    end: int,
+    lengths: np.ndarray,
+    l4: int,
+    last_plen: int,
+    out: Output,
+) -> bool:
+    """Rows start..end-1 as one superpacket, natively where built."""
+    fast = native.fastpath
+    if fast is None:
+        return _superpacket(grid[start:end], lengths[start:end], l4, out)
+    packet = fast.coalesce_tcp(grid, grid.shape[1], start, end, last_plen)
+    if packet is None:
+        return False
+    out.tun_gso.append((len(out.tun), (packet,)))
     return True
 
 
