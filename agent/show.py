@@ -68,6 +68,7 @@ def interface_status(
         "hop_ms": i.hop_ms,
         "cipher": CIPHER_NAMES.get(i.cipher_id, str(i.cipher_id)),
         "mtu": i.mtu,
+        "data_path": plane.offloads.describe(),
         "addresses": [str(a) for a in i.addresses],
         "unix_ms": now_ns // MS,
         "started_unix_ms": started_ns // MS,
@@ -157,6 +158,8 @@ def render(status: dict[str, Any]) -> list[str]:
         f"  hop: every {ms_text(status['hop_ms'])}, {status['cipher']}, "
         f"mtu {status['mtu']}, pid {status['pid']}",
     ]
+    if status.get("data_path"):  # agents before 2026-12 did not say
+        lines.append(f"  data path: {status['data_path']}")
     if status["drops"]:
         lines.append(f"  drops: {_counts(status['drops'])}")
     for peer in status["peers"]:

@@ -189,6 +189,10 @@ def test_show_reports_the_peer_with_a_session(pair: tuple[Side, Side]) -> None:
     _start(b)
     peer = _wait_session(a)
     assert (peer["name"], peer["session"], peer["hint"]) == ("peer2", True, None)
+    # Which data path runs, as the agent logged it at start.
+    assert str(a.show()["data_path"]).startswith(("fast", "plain"))
+    text = a.run(*HOPR, "show", a.ifname).stdout
+    assert "  data path: " in text and "runs sealed and opened in" in text, text
 
 
 @pytest.mark.netns
