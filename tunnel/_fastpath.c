@@ -219,6 +219,19 @@ static int check_key(Py_buffer *key, Py_ssize_t want, const char *what) {
     return 1;
 }
 
+/* The AEAD of a cipher id, once the keys have their lengths; NULL with
+ * ValueError set otherwise. */
+static const EVP_CIPHER *checked_cipher(int cipher_id, Py_buffer *key, Py_buffer *hp_key) {
+    const EVP_CIPHER *cipher = aead_cipher(cipher_id);
+    if (cipher == NULL) {
+        PyErr_Format(PyExc_ValueError, "unknown cipher id %d", cipher_id);
+        return NULL;
+    }
+    if (!check_key(key, KEY_LEN, "key") || !check_key(hp_key, HP_KEY_LEN, "hp_key"))
+        return NULL;
+    return cipher;
+}
+
 PyDoc_STRVAR(seal_tcp_doc,
 "seal_tcp(packet, l4, hlen, mss, v4, cipher, key, hp_key, first, out) -> (rows, nbytes)\n\n"
 "Split a TCP superpacket (no virtio-net header; l4 = where TCP starts, hlen = where\n"
@@ -236,13 +249,8 @@ static PyObject *seal_tcp(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "y*nnnpiy*y*Kw*", &packet, &l4, &hlen, &mss, &v4,
                           &cipher_id, &key, &hp_key, &first, &out))
         return NULL;
-    const EVP_CIPHER *cipher = aead_cipher(cipher_id);
-    if (cipher == NULL) {
-        PyErr_Format(PyExc_ValueError, "unknown cipher id %d", cipher_id);
-        goto done;
-    }
-    if (!check_key(&key, KEY_LEN, "key") || !check_key(&hp_key, HP_KEY_LEN, "hp_key"))
-        goto done;
+    const EVP_CIPHER *cipher = checked_cipher(cipher_id, &key, &hp_key);
+    if (cipher == NULL) goto done;
     size_t min_l4 = v4 ? 20 : 40;
     if (l4 < (Py_ssize_t)min_l4 || l4 > 60 + 40 || hlen < l4 + 20 || hlen > l4 + 60 ||
         hlen >= packet.len || mss < 1 || mss > 65535) {
@@ -339,13 +347,8 @@ static PyObject *open_run(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "y*nniy*y*w*w*", &buf, &nbytes, &size, &cipher_id, &key,
                           &hp_key, &plain, &counters))
         return NULL;
-    const EVP_CIPHER *cipher = aead_cipher(cipher_id);
-    if (cipher == NULL) {
-        PyErr_Format(PyExc_ValueError, "unknown cipher id %d", cipher_id);
-        goto done;
-    }
-    if (!check_key(&key, KEY_LEN, "key") || !check_key(&hp_key, HP_KEY_LEN, "hp_key"))
-        goto done;
+    const EVP_CIPHER *cipher = checked_cipher(cipher_id, &key, &hp_key);
+    if (cipher == NULL) goto done;
     if (nbytes < 0 || nbytes > buf.len || size < OVERHEAD + SAMPLE_LEN || size > 65535) {
         PyErr_SetString(PyExc_ValueError, "run size outside the buffer");
         goto done;

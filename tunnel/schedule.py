@@ -209,41 +209,35 @@ class PairSchedule:
         )
 
     def send_data_aead(self, n: int, session_secret: bytes) -> AEAD:
-        k = self.keys(n)
-        aead = k.send_data.get(session_secret)
-        if aead is None:
-            aead = make_aead(
-                self.cipher_id, data_key(k.secret, k.send_dir, session_secret)
-            )
-            k.send_data[session_secret] = aead
-        return aead
+        return self._data_aead(n, session_secret, send=True)
 
     def recv_data_aead(self, n: int, session_secret: bytes) -> AEAD:
-        k = self.keys(n)
-        aead = k.recv_data.get(session_secret)
-        if aead is None:
-            aead = make_aead(
-                self.cipher_id, data_key(k.secret, k.recv_dir, session_secret)
-            )
-            k.recv_data[session_secret] = aead
-        return aead
+        return self._data_aead(n, session_secret, send=False)
 
     def send_data_key(self, n: int, session_secret: bytes) -> bytes:
         """The key send_data_aead is made from, for a native seal of a run."""
-        k = self.keys(n)
-        key = k.send_data_keys.get(session_secret)
-        if key is None:
-            key = data_key(k.secret, k.send_dir, session_secret)
-            k.send_data_keys[session_secret] = key
-        return key
+        return self._data_key(n, session_secret, send=True)
 
     def recv_data_key(self, n: int, session_secret: bytes) -> bytes:
         """The key recv_data_aead is made from, for a native open of a run."""
+        return self._data_key(n, session_secret, send=False)
+
+    def _data_aead(self, n: int, session_secret: bytes, send: bool) -> AEAD:
         k = self.keys(n)
-        key = k.recv_data_keys.get(session_secret)
+        cache = k.send_data if send else k.recv_data
+        aead = cache.get(session_secret)
+        if aead is None:
+            key = self._data_key(n, session_secret, send)
+            aead = cache[session_secret] = make_aead(self.cipher_id, key)
+        return aead
+
+    def _data_key(self, n: int, session_secret: bytes, send: bool) -> bytes:
+        k = self.keys(n)
+        cache = k.send_data_keys if send else k.recv_data_keys
+        key = cache.get(session_secret)
         if key is None:
-            key = data_key(k.secret, k.recv_dir, session_secret)
-            k.recv_data_keys[session_secret] = key
+            direction = k.send_dir if send else k.recv_dir
+            key = cache[session_secret] = data_key(k.secret, direction, session_secret)
         return key
 
     def forget_before(self, n: int) -> None:
