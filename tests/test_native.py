@@ -371,3 +371,27 @@ def test_coalesce_tcp_takes_a_stretch_of_rows() -> None:
             fastpath.coalesce_tcp(grid, plen, start, end, plen)
     with pytest.raises(ValueError):
         fastpath.coalesce_tcp(grid, plen, 0, rows, plen + 1)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(min_size=0, max_size=6000), plen=st.integers(1, 1500))
+def test_random_rows_coalesce_as_python_says_and_never_overrun(
+    data: bytes, plen: int
+) -> None:
+    rows = len(data) // plen
+    if rows < 2:
+        return
+    grid = np.frombuffer(data[: rows * plen], np.uint8).reshape(rows, plen)
+    for last_plen in (plen, plen // 2):
+        got = fastpath.coalesce_tcp(grid, plen, 0, rows, last_plen)
+        assert got is None or got == python_superpacket(grid, last_plen)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(min_size=0, max_size=6000), size=st.integers(40, 1500))
+def test_random_datagrams_open_as_nothing(data: bytes, size: int) -> None:
+    key, hp = keys(CIPHER_AES_256_GCM)
+    rows = -(-len(data) // size)
+    plain = bytearray(rows * (size - OVERHEAD))
+    counters = np.zeros(max(rows, 1), dtype=np.uint64)
+    assert fastpath.open_run(data, len(data), size, 1, key, hp, plain, counters) == 0
