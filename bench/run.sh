@@ -2,13 +2,16 @@
 # bench/run.sh - hopr-tunnel beside veth, wireguard-go, OpenVPN and tinc in ONE run
 # of the shared peers.sh, then issue 5's same-run ratios (bench/ratios.py).
 #
-# Usage: bench/run.sh [--duration S] [--rounds N] [--json FILE] [--hop-cost]
+# Usage: bench/run.sh [--duration S] [--rounds N] [--json FILE] [--hop-cost] [--python-too]
 #                     [--name NAME] [-- PEERS_SH_ARGS...]
 #
 #   default     contenders veth, wireguard-go, openvpn, tinc and NAME (default
-#               "hopr": hopr-tunnel, hop_interval 10s, aes-256-gcm)
+#               "hopr": hopr-tunnel, hop_interval 10s, aes-256-gcm, native part
+#               on where it is built)
 #   --hop-cost  contenders veth, NAME-hop1s and NAME-hop60s (hop_interval 1s and
 #               60s) instead: the throughput a hop every second costs
+#   --python-too  also NAME-python: the same agent with its native part off
+#               (HOPR_TUNNEL_NATIVE=0), in the same run
 #   --json      where peers.sh writes its JSON (default bench/results/<UTC time>.json)
 #   after --     anything else for peers.sh (see its --help), e.g. --retry-noisy 2
 #
@@ -26,7 +29,7 @@ PEERS=${HOPR_PEERS_SH:-$REPO/../shared/bench/peers.sh}
 die() { printf 'run.sh: %s\n' "$*" >&2; exit 2; }
 usage() { sed -n '2,/^set -e/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 
-DUR=8 ROUNDS=1 JSON="" HOP_COST=0 NAME=hopr
+DUR=8 ROUNDS=1 JSON="" HOP_COST=0 NAME=hopr PYTHON_TOO=0
 PASS=()
 while (($#)); do
     case $1 in
@@ -34,6 +37,7 @@ while (($#)); do
         --rounds) ROUNDS=${2:?}; shift 2 ;;
         --json) JSON=${2:?}; shift 2 ;;
         --hop-cost) HOP_COST=1; shift ;;
+        --python-too) PYTHON_TOO=1; shift ;;
         --name) NAME=${2:?}; shift 2 ;;
         --) shift; PASS=("$@"); break ;;
         -h|--help) usage 0 ;;
@@ -58,11 +62,11 @@ if [[ -z $JSON ]]; then
     JSON="$HERE/results/$(date -u +%Y-%m-%dT%H%M%SZ)$( ((HOP_COST)) && echo -hopcost).json"
 fi
 
-# extra NAME HOP: one hopr-tunnel contender for peers.sh's --extra hook.
+# extra NAME HOP [ENV]: one hopr-tunnel contender for peers.sh's --extra hook.
 EXTRA=()
 extra() {
     # Each side its own control directory: both name their interface hopr0.
-    local up="HOPR_TUNNEL_RUN_DIR=\"\$HB_DIR/run\" exec $HOPR up --log-level warning \"\$HB_CONF\""
+    local up="${3:-}HOPR_TUNNEL_RUN_DIR=\"\$HB_DIR/run\" exec $HOPR up --log-level warning \"\$HB_CONF\""
     local prep
     prep="$(printf '%q %q' "$PY" "$HERE/mkconf.py") \"\$HB_CONF_A\" \"\$HB_CONF_B\""
     prep+=" --hop-interval $2 --cipher aes-256-gcm"
@@ -75,6 +79,9 @@ if ((HOP_COST)); then
 else
     ONLY=veth,wireguard-go,openvpn,tinc
     extra "$NAME" 10s
+fi
+if ((PYTHON_TOO)); then
+    extra "$NAME-python" 10s "HOPR_TUNNEL_NATIVE=0 "
 fi
 
 "$PEERS" --only "$ONLY" --duration "$DUR" --rounds "$ROUNDS" --json "$JSON" \
