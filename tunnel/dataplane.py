@@ -324,14 +324,11 @@ class DataPlane:
         vnet, packet = data[:VNET_HDR_LEN], memoryview(data)[VNET_HDR_LEN:]
         try:
             shape = tcp_shape(vnet, packet)
-            if shape is not None and node.on_tun_superpacket(
-                packet, shape, now_ns, self.out
-            ):
-                return
-            rows = split_tcp_rows(vnet, packet, PAD_TO, self.out.buffers)
-            if rows is None:
+            if shape is None:  # not TCP, or one segment: packet by packet
                 node.on_tun_packets(split(vnet, packet, PAD_TO), now_ns, self.out)
-            else:
+            elif not node.on_tun_superpacket(packet, shape, now_ns, self.out):
+                rows = split_tcp_rows(vnet, packet, PAD_TO, self.out.buffers, shape)
+                assert rows is not None  # only tcp_shape says None
                 node.on_tun_rows(rows[0], rows[1], now_ns, self.out)
         except MalformedPacket:
             node.stats_malformed += 1

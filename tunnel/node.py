@@ -14,6 +14,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from . import native
 from .allowedips import AllowedIPs
 from .batch import seal_packets
 from .constants import (
@@ -137,6 +138,8 @@ class Node:
     ) -> bool:
         """A TCP superpacket (offload.tcp_shape) sealed in one native call
         (runs.seal_superpacket); False: not done, split it and take on_tun_rows."""
+        if native.fastpath is None:  # before the lookup on_tun_rows makes too
+            return False
         peer = self.routes.lookup_dst(packet[:40])
         if peer is None or not seal_superpacket(peer, packet, shape, now_ns, out):
             return False

@@ -384,6 +384,7 @@ def split_tcp_rows(
     superpacket: BytesLike,
     pad_to: int,
     into: RunBuffers | None = None,
+    shape: tuple[int, int, int, bool] | None = None,
 ) -> tuple[np.ndarray, list[int]] | None:
     """A TSO superpacket split as `split(..., pad_to)` does, into rows of one array.
 
@@ -392,7 +393,8 @@ def split_tcp_rows(
     length; every row is as long as the longest. None for anything that is not
     a TCP superpacket with payload: the caller uses `split`. Raises
     MalformedPacket as `split` does. With `into`, the rows are its scratch
-    (RunBuffers.split_rows), valid until the next split into it.
+    (RunBuffers.split_rows), valid until the next split into it. `shape` is
+    tcp_shape's answer for it, where the caller has it already.
 
     Every segment but the last carries mss bytes, and only the first and the
     last differ in flags, so the per-segment fields (IPv4 id and checksum,
@@ -403,7 +405,8 @@ def split_tcp_rows(
     if pad_to & 1:
         raise ValueError("split_tcp_rows needs an even pad_to: rows are 16-bit words")
     packet = memoryview(superpacket)
-    shape = tcp_shape(vnet_hdr, packet)
+    if shape is None:
+        shape = tcp_shape(vnet_hdr, packet)
     if shape is None:
         return None
     l4, hlen, mss, v4 = shape

@@ -217,39 +217,34 @@ def _deliver_flow(
     each stretch of rows of one TCP flow in order as one superpacket. False:
     not that case, nothing done (the caller delivers row by row)."""
     rows, plen = grid.shape
-    fast = native.fastpath
-    # The bulk case in one native call: the whole run one flow in order.
-    if (
-        fast is not None
-        and superpackets
-        and rows > 1
-        and peer.routes.lookup_src(grid[0, :40].tobytes()) is peer
-    ):
-        packet = fast.coalesce_tcp(grid, plen, 0, rows, last_plen)
-        if packet is not None:
-            out.tun_gso.append((len(out.tun), (packet,)))
-            return True
     version = grid[0, 0] >> 4
     if version == 4:
-        lengths = _column16(grid, 2)
         src, flow = slice(12, 16), slice(16, 24)  # destination and ports
         l4 = 20
     elif version == 6:
-        lengths = _column16(grid, 4) + 40
         src, flow = slice(8, 24), slice(24, 44)
         l4 = 40
     else:
         return False
+    if peer.routes.lookup_src(grid[0, :l4].tobytes()) is not peer:
+        return False
+    fast = native.fastpath
+    # The bulk case in one native call: the whole run one flow in order.
+    if fast is not None and superpackets and rows > 1:
+        packet = fast.coalesce_tcp(grid, plen, 0, rows, last_plen)
+        if packet is not None:
+            out.tun_gso.append((len(out.tun), (packet,)))
+            return True
+    lengths = _column16(grid, 2) if version == 4 else _column16(grid, 4) + 40
     if int(lengths.min()) < l4 or int(lengths.max()) > plen:
         return False
     if int(lengths[-1]) > last_plen:
         return False
-    first = grid[0, :l4].tobytes()
-    if peer.routes.lookup_src(first) is not peer:
-        return False
     # The common case, a bulk flow: the whole run is one in-order stretch, and
     # _superpacket's header comparison covers every row's version and source.
-    if superpackets and rows > 1 and _superpacket(grid, lengths, l4, out):
+    # (Natively that was asked above already.)
+    whole_run = fast is None and superpackets and rows > 1
+    if whole_run and _superpacket(grid, lengths, l4, out):
         return True
     if version == 4 and _any(grid[:, 0] != 0x45):
         return False
