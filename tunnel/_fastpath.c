@@ -62,9 +62,10 @@ static uint32_t get32(const uint8_t *p) {
 }
 
 /* The one's-complement sum of n bytes as big-endian 16-bit words (an odd last byte
- * is the high half of a word), not yet folded. It adds 32-bit words in host order
- * and turns the folded result around at the end (RFC 1071: the sum does not depend
- * on byte order but for that swap). */
+ * is the high half of a word), folded to 16 bits: congruent mod 0xffff to the plain
+ * sum of the words, as offload.ones_sum is. It adds 32-bit words in host order and
+ * turns the folded result around at the end (RFC 1071: the sum does not depend on
+ * byte order but for that swap). */
 static uint64_t sum_words(const uint8_t *p, size_t n) {
     uint64_t s = 0;
     while (n >= 4) {
@@ -389,14 +390,6 @@ done:
 
 static uint32_t get16(const uint8_t *p) { return (uint32_t)p[0] << 8 | p[1]; }
 
-/* The sum of n bytes as big-endian words, unfolded, for sums taken mod 0xffff as
- * offload.ones_sum takes them (n even here). */
-static uint64_t word_sum(const uint8_t *p, size_t n) {
-    uint64_t s = 0;
-    for (size_t i = 0; i + 1 < n; i += 2) s += get16(p + i);
-    return s;
-}
-
 /* Whether header byte k may differ between segments of one superpacket
  * (coalesce._shape_mask): lengths, IPv4 id and checksum, seq, TCP checksum. */
 static int varies(size_t k, size_t l4) {
@@ -452,12 +445,12 @@ static PyObject *coalesce_rows(const uint8_t *grid, size_t plen, size_t start, s
     if (l4 == 20) {
         put16(hdr + 2, (uint32_t)total);
         put16(hdr + 10, 0);
-        put16(hdr + 10, (uint32_t)((0xffff - word_sum(hdr, 20) % 0xffff) % 0xffff));
+        put16(hdr + 10, (uint32_t)((0xffff - sum_words(hdr, 20) % 0xffff) % 0xffff));
     } else {
         put16(hdr + 4, (uint32_t)(total - 40));
     }
     if (psh) hdr[l4 + 13] |= TCP_PSH;
-    uint64_t pseudo = (l4 == 20 ? word_sum(hdr + 12, 8) : word_sum(hdr + 8, 32))
+    uint64_t pseudo = (l4 == 20 ? sum_words(hdr + 12, 8) : sum_words(hdr + 8, 32))
                       + IPPROTO_TCP_ + (total - l4);
     put16(hdr + l4 + 16, (uint32_t)(pseudo % 0xffff));
     /* struct virtio_net_hdr, in host byte order */
