@@ -2,7 +2,8 @@
 
 Each either does exactly what on_packet / on_datagram would have done for that
 packet, or declines (None) having changed nothing, so the general way that
-follows gives the same result as if it had never been asked.
+follows gives the same result as if it had never been asked. Each test runs
+with the native keys (tunnel/_fastpath.c, DatagramKeys) and without.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.native_or_python import sealing_code  # noqa: F401 (autouse)
 from tests.sim import MS, SECOND, ipv4_packet
 from tests.test_peer_rules import connected, deliver, sealed_from
 from tunnel.output import Output
@@ -157,6 +159,26 @@ def test_seal_one_leaves_a_new_epoch_and_no_session_to_on_packet() -> None:
     assert deliver(net, a, b, epoch, dgram).tun == [PING]
     sender.sealing = None
     assert sender.seal_one(PING, a.now()) is None
+
+
+
+def test_a_forgotten_session_leaves_no_key_behind() -> None:
+    net, a, b = connected()
+    pong = ipv4_packet("100.64.0.2", "100.64.0.1", 1, size=84)
+    for host, other, packet in ((a, b, PING), (b, a, pong)):
+        peer = host.peer(other.name)
+        session = peer.sealing
+        assert session is not None
+        sealed = peer.seal_one(packet, host.now())
+        assert sealed is not None
+        epoch, dgram = sealed
+        assert deliver(net, host, other, epoch, dgram).tun == [packet]
+        keys = peer.schedule.keys(epoch)
+        caches = [keys.send_data_keys, keys.send_lone, keys.send_data]
+        assert any(session.secret in cache for cache in caches)
+        peer.schedule.forget_session(session.secret)
+        for cache in (*caches, keys.recv_data_keys, keys.recv_lone, keys.recv_data):
+            assert session.secret not in cache
 
 
 @settings(max_examples=300, deadline=None)

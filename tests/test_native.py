@@ -395,3 +395,76 @@ def test_random_datagrams_open_as_nothing(data: bytes, size: int) -> None:
     plain = bytearray(rows * (size - OVERHEAD))
     counters = np.zeros(max(rows, 1), dtype=np.uint64)
     assert fastpath.open_run(data, len(data), size, 1, key, hp, plain, counters) == 0
+
+
+# -- DatagramKeys: one datagram at a time, the lone packet's short way -----------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    cipher=st.sampled_from(CIPHERS),
+    packet=st.binary(min_size=0, max_size=1500),
+    counter=st.integers(0, 2**63 - 1),
+)
+def test_datagram_keys_seal_and_open_as_python_does(
+    cipher: int, packet: bytes, counter: int
+) -> None:
+    key, hp = keys(cipher)
+    aead, mask = make_aead(cipher, key), make_hp(hp)
+    sealing = fastpath.DatagramKeys(cipher, key, hp, True)
+    opening = fastpath.DatagramKeys(cipher, key, hp, False)
+    dgram = sealing.seal(counter, packet)
+    assert dgram == datagram.seal(aead, mask, counter, datagram.pad(packet))
+    assert opening.open(dgram) == (counter, datagram.pad(packet))
+    assert opening.open(memoryview(bytearray(dgram))) == (counter, datagram.pad(packet))
+
+
+def test_datagram_keys_open_nothing_but_data_under_their_key() -> None:
+    key, hp = keys(CIPHER_AES_256_GCM)
+    aead, mask = make_aead(CIPHER_AES_256_GCM, key), make_hp(hp)
+    opening = fastpath.DatagramKeys(CIPHER_AES_256_GCM, key, hp, False)
+    good = datagram.seal(aead, mask, 77, bytes(64))
+    assert opening.open(good) == (77, bytes(64))
+    assert opening.open(datagram.seal(aead, mask, HELLO_FLAG | 5, bytes(64))) is None
+    for at in (0, 7, 8, 40, len(good) - 1):  # header, sample, body, tag
+        forged = bytearray(good)
+        forged[at] ^= 0x10
+        assert opening.open(bytes(forged)) is None
+    assert opening.open(good[: HEADER_LEN + TAG_LEN - 1]) is None
+    assert opening.open(b"") is None
+    other, _ = keys(CIPHER_AES_256_GCM)
+    assert fastpath.DatagramKeys(1, other, hp, False).open(good) is None
+    keepalive = fastpath.DatagramKeys(1, key, hp, True).seal(9, b"")
+    assert len(keepalive) == HEADER_LEN + TAG_LEN
+    assert opening.open(keepalive) == (9, b"")
+
+
+def test_datagram_keys_refuse_bad_arguments() -> None:
+    key, hp = keys(CIPHER_AES_256_GCM)
+    sealing = fastpath.DatagramKeys(CIPHER_AES_256_GCM, key, hp, True)
+    opening = fastpath.DatagramKeys(CIPHER_AES_256_GCM, key, hp, False)
+    with pytest.raises(ValueError, match="do not open"):
+        sealing.open(sealing.seal(1, b"x"))
+    with pytest.raises(ValueError, match="do not seal"):
+        opening.seal(1, b"x")
+    with pytest.raises(ValueError, match="range"):
+        sealing.seal(2**63, b"x")
+    with pytest.raises(ValueError, match="range"):
+        sealing.seal(1, bytes(65536))
+    with pytest.raises(ValueError, match="key"):
+        fastpath.DatagramKeys(CIPHER_AES_256_GCM, key[:16], hp, True)
+    with pytest.raises(ValueError, match="hp_key"):
+        fastpath.DatagramKeys(CIPHER_AES_256_GCM, key, hp + b"x", True)
+    with pytest.raises(ValueError, match="cipher"):
+        fastpath.DatagramKeys(9, key, hp, True)
+    with pytest.raises(TypeError):
+        sealing.__init__(CIPHER_AES_256_GCM, key, hp, True)  # made once
+    with pytest.raises(ValueError, match="set up"):
+        fastpath.DatagramKeys.__new__(fastpath.DatagramKeys).seal(1, b"x")
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(min_size=0, max_size=3000))
+def test_random_bytes_never_open_as_a_datagram(data: bytes) -> None:
+    key, hp = keys(CIPHER_AES_256_GCM)
+    assert fastpath.DatagramKeys(1, key, hp, False).open(data) is None

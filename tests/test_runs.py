@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterator
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.native_or_python import sealing_code  # noqa: F401 (autouse)
 from tests.test_peer_rules import connected
 from tunnel import batch, coalesce, native, offload
 from tunnel.constants import PAD_TO
@@ -17,18 +16,6 @@ from tunnel.output import Output
 from tunnel.runs import open_gro_run, seal_rows
 
 MSS = 1368
-
-
-@pytest.fixture(autouse=True, params=["native", "python"])
-def sealing_code(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Every test here runs with the native runs (tunnel/_fastpath.c) and without."""
-    kept = native.fastpath
-    if request.param == "python":
-        native.fastpath = None
-    elif kept is None:
-        pytest.skip("tunnel._fastpath is not built")
-    yield
-    native.fastpath = kept
 
 
 ADDRS = bytes([100, 64, 0, 1, 100, 64, 0, 2])

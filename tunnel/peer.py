@@ -304,9 +304,14 @@ class Peer:
     def _sealed(
         self, session: Session, epoch: int, counter: int, packet: bytes, now_ns: int
     ) -> bytes:
-        keys = self.schedule.keys(epoch)
-        aead = self.schedule.send_data_aead(epoch, session.secret)
-        dgram = datagram.seal(aead, keys.send_hp, counter, datagram.pad(packet))
+        schedule = self.schedule
+        lone = schedule.send_lone(epoch, session.secret)
+        if lone is not None:  # natively: the same bytes, with less work
+            dgram = lone.seal(counter, packet)
+        else:
+            aead = schedule.send_data_aead(epoch, session.secret)
+            hp = schedule.keys(epoch).send_hp
+            dgram = datagram.seal(aead, hp, counter, datagram.pad(packet))
         if packet:
             session.last_data_ns = now_ns
         self.stats.tx_bytes += len(dgram)
@@ -351,11 +356,20 @@ class Peer:
             return None  # on_datagram would not try it
         if abs(epoch - self.schedule.epoch_at(now_ns // MS)) > 1:
             return None
-        h = datagram.unmask(self.schedule.keys(epoch).recv_hp, dgram)
-        if h & HELLO_FLAG:
-            return None
-        aead = self.schedule.recv_data_aead(epoch, session.secret)
-        plaintext = datagram.open_(aead, h, dgram)
+        schedule = self.schedule
+        lone = schedule.recv_lone(epoch, session.secret)
+        plaintext: bytes | None
+        if lone is not None:  # natively: unmask, no hello, open
+            opened = lone.open(dgram)
+            if opened is None:
+                return None
+            h, plaintext = opened
+        else:
+            h = datagram.unmask(schedule.keys(epoch).recv_hp, dgram)
+            if h & HELLO_FLAG:
+                return None
+            aead = schedule.recv_data_aead(epoch, session.secret)
+            plaintext = datagram.open_(aead, h, dgram)
         if not plaintext:  # does not open here, or a keepalive
             return None
         length = self._deliverable(plaintext)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import (
@@ -21,7 +22,7 @@ from cryptography.hazmat.primitives.ciphers import (
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from . import keys
+from . import keys, native
 from .constants import (
     CIPHER_AES_256_GCM,
     CIPHER_CHACHA20_POLY1305,
@@ -33,6 +34,9 @@ from .constants import (
 
 LO, HI = b"lo", b"hi"
 LO_TO_HI, HI_TO_LO = b"lo>hi", b"hi>lo"
+
+if TYPE_CHECKING:
+    from ._fastpath import DatagramKeys
 
 AEAD = AESGCM | ChaCha20Poly1305
 
@@ -110,6 +114,9 @@ class EpochKeys:
     # raw data keys per session secret, for tunnel/_fastpath.c
     send_data_keys: dict[bytes, bytes] = field(default_factory=dict)
     recv_data_keys: dict[bytes, bytes] = field(default_factory=dict)
+    # native keys for one datagram at a time (_fastpath.DatagramKeys) per session
+    send_lone: dict[bytes, DatagramKeys] = field(default_factory=dict)
+    recv_lone: dict[bytes, DatagramKeys] = field(default_factory=dict)
 
 
 class PairSchedule:
@@ -222,6 +229,30 @@ class PairSchedule:
         """The key recv_data_aead is made from, for a native open of a run."""
         return self._data_key(n, session_secret, send=False)
 
+    def send_lone(self, n: int, session_secret: bytes) -> DatagramKeys | None:
+        """send_data_aead's key and the epoch's send_hp as native keys set up
+        once, to seal one datagram at a time; None where tunnel/_fastpath.c
+        is not built."""
+        return self._lone(n, session_secret, send=True)
+
+    def recv_lone(self, n: int, session_secret: bytes) -> DatagramKeys | None:
+        """The same for recv_data_aead and recv_hp, to open."""
+        return self._lone(n, session_secret, send=False)
+
+    def _lone(self, n: int, session_secret: bytes, send: bool) -> DatagramKeys | None:
+        fast = native.fastpath
+        if fast is None:
+            return None
+        k = self.keys(n)
+        cache = k.send_lone if send else k.recv_lone
+        made = cache.get(session_secret)
+        if made is None:
+            key = self._data_key(n, session_secret, send)
+            hp = k.send_hp_key if send else k.recv_hp_key
+            made = fast.DatagramKeys(self.cipher_id, key, hp, send)
+            cache[session_secret] = made
+        return made
+
     def _data_aead(self, n: int, session_secret: bytes, send: bool) -> AEAD:
         k = self.keys(n)
         cache = k.send_data if send else k.recv_data
@@ -252,6 +283,8 @@ class PairSchedule:
             k.recv_data.pop(session_secret, None)
             k.send_data_keys.pop(session_secret, None)
             k.recv_data_keys.pop(session_secret, None)
+            k.send_lone.pop(session_secret, None)
+            k.recv_lone.pop(session_secret, None)
 
     # -- sessions --
 
