@@ -131,6 +131,46 @@ static EVP_CIPHER_CTX *hp_context(const uint8_t *hp_key) {
     return ecb;
 }
 
+/* One datagram of the wire format: seal the padded plaintext at
+ * datagram + HEADER_LEN in place under `counter`, put the tag after it and mask
+ * the header. 0 if OpenSSL failed. */
+static int seal_datagram(EVP_CIPHER_CTX *aead, EVP_CIPHER_CTX *ecb, uint8_t *datagram,
+                         size_t padded, uint64_t counter) {
+    uint8_t *body = datagram + HEADER_LEN, nonce[12], ad[8];
+    int len;
+    nonce_ad(counter, nonce, ad);
+    return EVP_EncryptInit_ex(aead, NULL, NULL, NULL, nonce)
+           && EVP_EncryptUpdate(aead, NULL, &len, ad, 8)
+           && EVP_EncryptUpdate(aead, body, &len, body, (int)padded)
+           && EVP_EncryptFinal_ex(aead, body + padded, &len)
+           && EVP_CIPHER_CTX_ctrl(aead, EVP_CTRL_AEAD_GET_TAG, TAG_LEN, body + padded)
+           && mask_header(ecb, datagram, counter);
+}
+
+/* The reverse for a datagram of dlen >= OVERHEAD bytes: unmask its header and
+ * open its dlen - OVERHEAD bytes of ciphertext into `plain`. 1: opened, its
+ * counter in *counter; 0: a hello, or it does not open; -1: OpenSSL failed. */
+static int open_datagram(EVP_CIPHER_CTX *aead, EVP_CIPHER_CTX *ecb, const uint8_t *datagram,
+                         size_t dlen, uint8_t *plain, uint64_t *counter) {
+    uint8_t mask[SAMPLE_LEN], nonce[12], ad[8], tag[TAG_LEN];
+    int len;
+    if (!EVP_EncryptUpdate(ecb, mask, &len, datagram + HEADER_LEN, SAMPLE_LEN)) return -1;
+    uint64_t h = 0;
+    for (int k = 0; k < HEADER_LEN; k++) h = h << 8 | (uint8_t)(datagram[k] ^ mask[k]);
+    if (h >> 63) return 0; /* a hello */
+    size_t clen = dlen - OVERHEAD;
+    nonce_ad(h, nonce, ad);
+    memcpy(tag, datagram + HEADER_LEN + clen, TAG_LEN);
+    if (!EVP_DecryptInit_ex(aead, NULL, NULL, NULL, nonce)
+        || !EVP_DecryptUpdate(aead, NULL, &len, ad, 8)
+        || !EVP_DecryptUpdate(aead, plain, &len, datagram + HEADER_LEN, (int)clen)
+        || !EVP_CIPHER_CTX_ctrl(aead, EVP_CTRL_AEAD_SET_TAG, TAG_LEN, tag)
+        || EVP_DecryptFinal_ex(aead, plain + clen, &len) <= 0)
+        return 0; /* forged, or another key's */
+    *counter = h;
+    return 1;
+}
+
 /* -- seal_tcp ------------------------------------------------------------------- */
 
 struct tcp_shape {
@@ -195,18 +235,8 @@ static int seal_rows(const struct tcp_shape *t, size_t n, const EVP_CIPHER *ciph
     int ok = aead != NULL && ecb != NULL && EVP_EncryptInit_ex(aead, cipher, NULL, key, NULL);
     size_t at = 0;
     for (size_t i = 0; ok && i < n; i++) {
-        uint8_t *datagram = out + at;
-        uint8_t *row = datagram + HEADER_LEN;
-        size_t padded = write_segment(t, i, n, row);
-        uint8_t nonce[12], ad[8];
-        int len;
-        nonce_ad(first + i, nonce, ad);
-        ok = EVP_EncryptInit_ex(aead, NULL, NULL, NULL, nonce)
-             && EVP_EncryptUpdate(aead, NULL, &len, ad, 8)
-             && EVP_EncryptUpdate(aead, row, &len, row, (int)padded)
-             && EVP_EncryptFinal_ex(aead, row + padded, &len)
-             && EVP_CIPHER_CTX_ctrl(aead, EVP_CTRL_AEAD_GET_TAG, TAG_LEN, row + padded)
-             && mask_header(ecb, datagram, first + i);
+        size_t padded = write_segment(t, i, n, out + at + HEADER_LEN);
+        ok = seal_datagram(aead, ecb, out + at, padded, first + i);
         at += padded + OVERHEAD;
     }
     EVP_CIPHER_CTX_free(aead); /* frees clear the key schedules */
@@ -309,24 +339,9 @@ static size_t open_rows(const uint8_t *buf, size_t nbytes, size_t size,
     for (size_t at = 0; at < nbytes; at += size, i++) {
         size_t dlen = nbytes - at < size ? nbytes - at : size;
         if (dlen < OVERHEAD + SAMPLE_LEN) break;
-        const uint8_t *datagram = buf + at;
-        uint8_t mask[SAMPLE_LEN], nonce[12], ad[8];
-        int len;
-        if (!EVP_EncryptUpdate(ecb, mask, &len, datagram + HEADER_LEN, SAMPLE_LEN)) break;
-        uint64_t counter = 0;
-        for (int k = 0; k < HEADER_LEN; k++) counter = counter << 8 | (uint8_t)(datagram[k] ^ mask[k]);
-        if (counter >> 63) break; /* a hello: the caller's general way */
-        size_t clen = dlen - OVERHEAD;
-        uint8_t *row = plain + i * plen;
-        nonce_ad(counter, nonce, ad);
-        uint8_t tag[TAG_LEN];
-        memcpy(tag, datagram + HEADER_LEN + clen, TAG_LEN);
-        if (!EVP_DecryptInit_ex(aead, NULL, NULL, NULL, nonce)
-            || !EVP_DecryptUpdate(aead, NULL, &len, ad, 8)
-            || !EVP_DecryptUpdate(aead, row, &len, datagram + HEADER_LEN, (int)clen)
-            || !EVP_CIPHER_CTX_ctrl(aead, EVP_CTRL_AEAD_SET_TAG, TAG_LEN, tag)
-            || EVP_DecryptFinal_ex(aead, row + clen, &len) <= 0)
-            break;
+        uint64_t counter;
+        /* a hello, a forgery, another key's: the caller's general way */
+        if (open_datagram(aead, ecb, buf + at, dlen, plain + i * plen, &counter) != 1) break;
         memcpy(counters + i * 8, &counter, 8); /* any alignment */
     }
 done:
@@ -576,18 +591,10 @@ static PyObject *keys_seal(DatagramKeys *self, PyObject *args) {
     size_t plen = (size_t)packet.len, padded = plen + (PAD_TO - plen % PAD_TO) % PAD_TO;
     result = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(padded + OVERHEAD));
     if (result == NULL) goto done;
-    uint8_t *dgram = (uint8_t *)PyBytes_AS_STRING(result), *body = dgram + HEADER_LEN;
-    uint8_t nonce[12], ad[8];
-    int len;
-    memcpy(body, packet.buf, plen);
-    memset(body + plen, 0, padded - plen);
-    nonce_ad(counter, nonce, ad);
-    if (!EVP_EncryptInit_ex(self->aead, NULL, NULL, NULL, nonce)
-        || !EVP_EncryptUpdate(self->aead, NULL, &len, ad, 8)
-        || !EVP_EncryptUpdate(self->aead, body, &len, body, (int)padded)
-        || !EVP_EncryptFinal_ex(self->aead, body + padded, &len)
-        || !EVP_CIPHER_CTX_ctrl(self->aead, EVP_CTRL_AEAD_GET_TAG, TAG_LEN, body + padded)
-        || !mask_header(self->ecb, dgram, counter)) {
+    uint8_t *dgram = (uint8_t *)PyBytes_AS_STRING(result);
+    memcpy(dgram + HEADER_LEN, packet.buf, plen);
+    memset(dgram + HEADER_LEN + plen, 0, padded - plen);
+    if (!seal_datagram(self->aead, self->ecb, dgram, padded, counter)) {
         Py_CLEAR(result);
         PyErr_SetString(PyExc_RuntimeError, "OpenSSL failed to seal a datagram");
     }
@@ -610,34 +617,17 @@ static PyObject *keys_open(DatagramKeys *self, PyObject *args) {
         result = Py_NewRef(Py_None);
         goto done;
     }
-    const uint8_t *in = dgram.buf;
-    uint8_t mask[SAMPLE_LEN], nonce[12], ad[8], tag[TAG_LEN];
-    int len;
-    if (!EVP_EncryptUpdate(self->ecb, mask, &len, in + HEADER_LEN, SAMPLE_LEN)) {
-        PyErr_SetString(PyExc_RuntimeError, "OpenSSL failed to unmask a header");
-        goto done;
-    }
-    uint64_t counter = 0;
-    for (int k = 0; k < HEADER_LEN; k++) counter = counter << 8 | (uint8_t)(in[k] ^ mask[k]);
-    if (counter >> 63) { /* a hello */
-        result = Py_NewRef(Py_None);
-        goto done;
-    }
-    size_t clen = (size_t)dgram.len - OVERHEAD;
-    plain = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)clen);
+    plain = PyBytes_FromStringAndSize(NULL, dgram.len - OVERHEAD);
     if (plain == NULL) goto done;
-    uint8_t *out = (uint8_t *)PyBytes_AS_STRING(plain);
-    nonce_ad(counter, nonce, ad);
-    memcpy(tag, in + HEADER_LEN + clen, TAG_LEN);
-    if (!EVP_DecryptInit_ex(self->aead, NULL, NULL, NULL, nonce)
-        || !EVP_DecryptUpdate(self->aead, NULL, &len, ad, 8)
-        || !EVP_DecryptUpdate(self->aead, out, &len, in + HEADER_LEN, (int)clen)
-        || !EVP_CIPHER_CTX_ctrl(self->aead, EVP_CTRL_AEAD_SET_TAG, TAG_LEN, tag)
-        || EVP_DecryptFinal_ex(self->aead, out + clen, &len) <= 0) {
-        result = Py_NewRef(Py_None); /* forged, or another key's */
-        goto done;
-    }
-    result = Py_BuildValue("KO", (unsigned long long)counter, plain);
+    uint64_t counter;
+    int opened = open_datagram(self->aead, self->ecb, dgram.buf, (size_t)dgram.len,
+                               (uint8_t *)PyBytes_AS_STRING(plain), &counter);
+    if (opened < 0)
+        PyErr_SetString(PyExc_RuntimeError, "OpenSSL failed to unmask a header");
+    else if (opened == 0) /* a hello, forged, or another key's */
+        result = Py_NewRef(Py_None);
+    else
+        result = Py_BuildValue("KO", (unsigned long long)counter, plain);
 done:
     Py_XDECREF(plain);
     PyBuffer_Release(&dgram);
