@@ -197,6 +197,24 @@ def test_the_wire_never_carries_the_inner_payload(bench: Bench) -> None:
     assert not any(secret[:16] in d for d in bench.wire)
 
 
+def test_a_lone_packet_refused_for_an_earlier_one_is_sent_again(bench: Bench) -> None:
+    """DataPlane._send_lone meets ECONNREFUSED as _send does: the kernel reports
+    the ICMP port unreachable of an earlier datagram on the next send, which
+    did not go out; it goes out again."""
+    assert bench.session() and bench.sock is not None
+    session = bench.plane.node.peers["b"].sealing
+    assert session is not None
+    ours = bench.plane.sockets["b"].socket_for(session.send_epoch)
+    assert ours is not None
+    bench.loop.remove_reader(bench.sock.fileno())
+    bench.sock.close()  # the peer's hop socket is gone for a moment
+    ours.send(b"x" * 40)  # its ICMP port unreachable waits on our socket
+    bench.open_peer_socket()
+    packet = ipv4_udp("100.64.0.1", "100.64.0.2", 9, b"the port is back")
+    assert bench.plane._send_lone(packet, time.time_ns())
+    assert bench.until(lambda: packet in bench.delivered)
+
+
 def test_a_datagram_from_the_peer_is_written_to_the_tun(bench: Bench) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as app:
         app.bind(("100.64.0.1", 7777))

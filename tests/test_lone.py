@@ -161,7 +161,6 @@ def test_seal_one_leaves_a_new_epoch_and_no_session_to_on_packet() -> None:
     assert sender.seal_one(PING, a.now()) is None
 
 
-
 def test_a_forgotten_session_leaves_no_key_behind() -> None:
     net, a, b = connected()
     pong = ipv4_packet("100.64.0.2", "100.64.0.1", 1, size=84)
