@@ -10,7 +10,9 @@
  *   open_run  unmask and open the datagrams of one UDP_GRO read, up to the first
  *             that is a hello or does not open;
  *   DatagramKeys  one direction's keys, set up once, to seal or open the lone
- *             datagram of an idle tunnel with the least work.
+ *             datagram of an idle tunnel with the least work, and (drain) to
+ *             carry a hop socket's reads to the TUN while they are the common
+ *             case: a bulk TCP run in order, or one packet.
  *
  * The wire format is docs/protocol.md's: header = u64 counter XOR the first 8 bytes
  * of AES-128-ECB(hp_key, datagram[8:24]); nonce = 4 zero bytes || u64 counter; the
@@ -25,8 +27,13 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <openssl/evp.h>
+#include <errno.h>
+#include <limits.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
 
 #define HEADER_LEN 8
 #define TAG_LEN 16
@@ -416,50 +423,67 @@ static int varies(size_t k, size_t l4) {
     return (k >= l4 + 4 && k < l4 + 8) || (k >= l4 + 16 && k < l4 + 18);
 }
 
-/* Rows [start, end) of plen bytes each: the superpacket (virtio-net header first)
- * runs._superpacket would write for them, into a new bytes object; NULL with no
- * error set if they are not one TCP flow in order of full segments. */
-static PyObject *coalesce_rows(const uint8_t *grid, size_t plen, size_t start, size_t end,
-                               size_t last_plen) {
+/* What coalescing rows into one superpacket needs to know of them. */
+struct flow {
+    const uint8_t *row0;
+    size_t plen, n, l4, hlen, mss, total;
+    uint8_t flags0;
+    int psh;
+};
+
+static size_t ip_length(const uint8_t *row, size_t l4) {
+    return l4 == 20 ? get16(row + 2) : get16(row + 4) + 40;
+}
+
+/* Rows [start, end) of plen bytes each (the last of them holding at most
+ * last_plen): 1 if they are one TCP flow in order of full segments, as
+ * runs._superpacket asks, with *f filled in; 0 if not. */
+static int flow_check(const uint8_t *grid, size_t plen, size_t start, size_t end,
+                      size_t last_plen, struct flow *f) {
     const uint8_t *row0 = grid + start * plen;
     size_t n = end - start, l4;
-    if (n < 2 || plen < 60) return NULL;
+    if (n < 2 || plen < 60) return 0;
     if (row0[0] == 0x45 && row0[9] == IPPROTO_TCP_ && !(row0[6] & 0x3f) && !row0[7])
         l4 = 20;
     else if (row0[0] >> 4 == 6 && row0[6] == IPPROTO_TCP_)
         l4 = 40;
     else
-        return NULL;
+        return 0;
     size_t thl = (size_t)(row0[l4 + 12] >> 4) * 4, hlen = l4 + thl;
     uint8_t flags0 = row0[l4 + 13];
-    if (thl < 20 || hlen > plen) return NULL;
-    if (flags0 & (TCP_FIN | TCP_SYN | TCP_RST | TCP_URG) || !(flags0 & TCP_ACK)) return NULL;
+    if (thl < 20 || hlen > plen) return 0;
+    if (flags0 & (TCP_FIN | TCP_SYN | TCP_RST | TCP_URG) || !(flags0 & TCP_ACK)) return 0;
     size_t mss = 0, total = hlen;
     uint32_t seq0 = get32(row0 + l4 + 4);
     int psh = 0;
     for (size_t i = 0; i < n; i++) {
         const uint8_t *row = row0 + i * plen;
-        size_t length = l4 == 20 ? get16(row + 2) : get16(row + 4) + 40;
-        size_t room = start + i + 1 == end ? last_plen : plen;
-        if (length <= hlen || length > room || length > plen) return NULL;
+        size_t length = ip_length(row, l4);
+        size_t room = i + 1 == n ? last_plen : plen;
+        if (length <= hlen || length > room || length > plen) return 0;
         size_t payload = length - hlen;
         if (i == 0) mss = payload;
-        else if (payload > mss || (i + 1 < n && payload != mss)) return NULL;
+        else if (payload > mss || (i + 1 < n && payload != mss)) return 0;
         for (size_t k = 0; k < hlen; k++) {
             uint8_t mask = k == l4 + 13 ? (uint8_t)~(TCP_PSH | TCP_CWR) : 0xff;
-            if (!varies(k, l4) && (row[k] & mask) != (row0[k] & mask)) return NULL;
+            if (!varies(k, l4) && (row[k] & mask) != (row0[k] & mask)) return 0;
         }
-        if (i > 0 && row[l4 + 13] & TCP_CWR) return NULL;
-        if (get32(row + l4 + 4) != (uint32_t)(seq0 + i * mss)) return NULL;
+        if (i > 0 && row[l4 + 13] & TCP_CWR) return 0;
+        if (get32(row + l4 + 4) != (uint32_t)(seq0 + i * mss)) return 0;
         psh |= row[l4 + 13] & TCP_PSH;
         total += payload;
     }
-    if (total > 65535 + (l4 == 40 ? 40 : 0)) return NULL;
-    PyObject *packet = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(VNET_HDR_LEN + total));
-    if (packet == NULL) return NULL;
-    uint8_t *out = (uint8_t *)PyBytes_AS_STRING(packet);
+    if (total > 65535 + (l4 == 40 ? 40 : 0)) return 0;
+    *f = (struct flow){row0, plen, n, l4, hlen, mss, total, flags0, psh};
+    return 1;
+}
+
+/* The superpacket's virtio-net header and IP/TCP header: VNET_HDR_LEN + f->hlen
+ * bytes at out. Its payload is each row's, in order. */
+static void flow_header(const struct flow *f, uint8_t *out) {
+    size_t l4 = f->l4, total = f->total;
     uint8_t *hdr = out + VNET_HDR_LEN;
-    memcpy(hdr, row0, hlen);
+    memcpy(hdr, f->row0, f->hlen);
     if (l4 == 20) {
         put16(hdr + 2, (uint32_t)total);
         put16(hdr + 10, 0);
@@ -467,21 +491,34 @@ static PyObject *coalesce_rows(const uint8_t *grid, size_t plen, size_t start, s
     } else {
         put16(hdr + 4, (uint32_t)(total - 40));
     }
-    if (psh) hdr[l4 + 13] |= TCP_PSH;
+    if (f->psh) hdr[l4 + 13] |= TCP_PSH;
     uint64_t pseudo = (l4 == 20 ? sum_words(hdr + 12, 8) : sum_words(hdr + 8, 32))
                       + IPPROTO_TCP_ + (total - l4);
     put16(hdr + l4 + 16, (uint32_t)(pseudo % 0xffff));
     /* struct virtio_net_hdr, in host byte order */
-    uint16_t vnet[5] = {0, (uint16_t)hlen, (uint16_t)mss, (uint16_t)l4, 16};
+    uint16_t vnet[5] = {0, (uint16_t)f->hlen, (uint16_t)f->mss, (uint16_t)l4, 16};
     out[0] = F_NEEDS_CSUM;
-    out[1] = (uint8_t)((l4 == 20 ? GSO_TCPV4 : GSO_TCPV6) | (flags0 & TCP_CWR ? GSO_ECN : 0));
+    out[1] = (uint8_t)((l4 == 20 ? GSO_TCPV4 : GSO_TCPV6) | (f->flags0 & TCP_CWR ? GSO_ECN : 0));
     memcpy(out + 2, vnet + 1, 8);
-    uint8_t *at = hdr + hlen;
-    for (size_t i = 0; i < n; i++) {
-        const uint8_t *row = row0 + i * plen;
-        size_t length = l4 == 20 ? get16(row + 2) : get16(row + 4) + 40;
-        memcpy(at, row + hlen, length - hlen);
-        at += length - hlen;
+}
+
+/* Rows [start, end) as the superpacket (virtio-net header first) runs._superpacket
+ * would write for them, in a new bytes object; NULL with no error set if they
+ * are not one TCP flow in order of full segments. */
+static PyObject *coalesce_rows(const uint8_t *grid, size_t plen, size_t start, size_t end,
+                               size_t last_plen) {
+    struct flow f;
+    if (!flow_check(grid, plen, start, end, last_plen, &f)) return NULL;
+    PyObject *packet = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(VNET_HDR_LEN + f.total));
+    if (packet == NULL) return NULL;
+    uint8_t *out = (uint8_t *)PyBytes_AS_STRING(packet);
+    flow_header(&f, out);
+    uint8_t *at = out + VNET_HDR_LEN + f.hlen;
+    for (size_t i = 0; i < f.n; i++) {
+        const uint8_t *row = f.row0 + i * plen;
+        size_t payload = ip_length(row, f.l4) - f.hlen;
+        memcpy(at, row + f.hlen, payload);
+        at += payload;
     }
     return packet;
 }
@@ -524,6 +561,7 @@ typedef struct {
     EVP_CIPHER_CTX *aead;
     EVP_CIPHER_CTX *ecb;
     int sealing;
+    int busy; /* in drain, the GIL let go: no other call may use the contexts */
 } DatagramKeys;
 
 static void keys_dealloc(DatagramKeys *self) {
@@ -563,6 +601,10 @@ done:
 static int keys_ready(DatagramKeys *self, int sealing) {
     if (self->aead == NULL) {
         PyErr_SetString(PyExc_ValueError, "DatagramKeys was not set up");
+        return 0;
+    }
+    if (self->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "DatagramKeys is in use by drain");
         return 0;
     }
     if (self->sealing != sealing) {
@@ -634,9 +676,264 @@ done:
     return result;
 }
 
+/* -- DatagramKeys.drain: a hop socket's reads to the TUN ------------------------ */
+
+/* A bulk stream's receiving agent spends most of its own time between the
+ * system calls of a GRO read: the Python that unmasks, opens, checks and
+ * coalesces it, one call at a time. drain does the common case of all of it in
+ * one call, with the GIL let go: read the socket; open the run; if its counters
+ * are consecutive and above the replay window, its rows one TCP flow in order
+ * (or it is one deliverable packet) and its source this peer's, write it to the
+ * TUN as one superpacket; then read again. Anything else stops it with the read
+ * in hand (opened, if it opened), for the Python code to decide as before. */
+
+#define SOL_UDP_ 17
+#define UDP_GRO_ 104
+#define FILTER_ENTRY 20
+
+enum drain_status {
+    DRAIN_EMPTY,      /* the socket has nothing more */
+    DRAIN_RAW,        /* a read not taken: left bytes in rx, its GRO size or 0 */
+    DRAIN_OPENED,     /* a GRO read whose rows opened up to `opened`, not taken */
+    DRAIN_RECV_ERROR, /* recvmsg failed with errno `err` */
+    DRAIN_TUN_ERROR,  /* the TUN write of the last read taken failed with `err` */
+    DRAIN_BUDGET,     /* max_reads taken; the socket may hold more */
+    DRAIN_LONE,       /* lone_ends: the first read was one packet, taken */
+};
+
+static int prefix_match(const uint8_t *addr, const uint8_t *net, unsigned bits) {
+    size_t whole = bits / 8;
+    if (memcmp(addr, net, whole) != 0) return 0;
+    unsigned rest = bits % 8;
+    if (rest == 0) return 1;
+    uint8_t m = (uint8_t)(0xff << (8 - rest));
+    return (addr[whole] & m) == (net[whole] & m);
+}
+
+/* Whether a packet's source may come from this peer (cryptokey routing: the
+ * longest network holding it is one of this peer's). The filter lists this
+ * peer's networks, marked 1, and the other peers' networks inside them, marked
+ * 0: the longest entry holding the source decides. Each entry is version,
+ * prefix length, mark, a pad byte, 16 address bytes. */
+static int source_allowed(const uint8_t *filter, size_t len, const uint8_t *packet) {
+    int version = packet[0] >> 4, best = -1, mark = 0;
+    const uint8_t *addr = version == 4 ? packet + 12 : packet + 8;
+    for (size_t at = 0; at + FILTER_ENTRY <= len; at += FILTER_ENTRY) {
+        const uint8_t *e = filter + at;
+        if (e[0] != version || e[1] <= best || !prefix_match(addr, e + 4, e[1])) continue;
+        best = e[1];
+        mark = e[2];
+    }
+    return mark;
+}
+
+struct drain_args {
+    int fd, tun_fd, lone_ends;
+    uint8_t *rx, *plain, *counters, *runs;
+    size_t rx_len, plain_len, counters_len, max_reads;
+    const uint8_t *filter;
+    size_t filter_len;
+    int64_t top;
+    /* results */
+    size_t reads, rows, bytes, opened, left_nbytes, left_size;
+    int err;
+};
+
+static const uint8_t zero_vnet[VNET_HDR_LEN];
+
+/* One packet in a datagram of n bytes at rx: opened and written if it may be. */
+static int drain_lone(DatagramKeys *self, struct drain_args *a, size_t n,
+                      uint64_t *counter) {
+    if (n <= OVERHEAD || n - OVERHEAD > a->plain_len) return 0;
+    if (open_datagram(self->aead, self->ecb, a->rx, n, a->plain, counter) != 1) return 0;
+    if ((int64_t)*counter <= a->top) return 0;
+    size_t plen = n - OVERHEAD, length;
+    const uint8_t *p = a->plain;
+    if (p[0] >> 4 == 4 && plen >= 20)
+        length = get16(p + 2);
+    else if (p[0] >> 4 == 6 && plen >= 40)
+        length = get16(p + 4) + 40;
+    else
+        return 0; /* a keepalive, a control message, too short */
+    if (length < 20 || length > plen) return 0;
+    if (!source_allowed(a->filter, a->filter_len, p)) return 0;
+    struct iovec iov[2] = {{(void *)zero_vnet, VNET_HDR_LEN}, {a->plain, length}};
+    if (writev(a->tun_fd, iov, 2) < 0) a->err = errno;
+    return 1;
+}
+
+/* A GRO read of rows of `size` bytes: DRAIN_OPENED with a->opened set, unless
+ * taken (then -1, or DRAIN_TUN_ERROR). */
+static int drain_run(DatagramKeys *self, struct drain_args *a, size_t n, size_t size,
+                     uint64_t *first, size_t *count) {
+    size_t rows = (n + size - 1) / size, plen = size - OVERHEAD, i = 0;
+    size_t last = n - (rows - 1) * size;
+    uint64_t c0 = 0;
+    for (size_t at = 0; at < n; at += size, i++) {
+        uint64_t counter;
+        size_t dlen = n - at < size ? n - at : size;
+        if (open_datagram(self->aead, self->ecb, a->rx + at, dlen, a->plain + i * plen,
+                          &counter) != 1)
+            break;
+        memcpy(a->counters + i * 8, &counter, 8);
+        if (i == 0) c0 = counter;
+    }
+    a->opened = i;
+    if (i < rows || (int64_t)c0 <= a->top) return DRAIN_OPENED;
+    for (size_t k = 1; k < rows; k++) {
+        uint64_t counter;
+        memcpy(&counter, a->counters + k * 8, 8);
+        if (counter != c0 + k) return DRAIN_OPENED;
+    }
+    struct flow f;
+    if (!flow_check(a->plain, plen, 0, rows, last - OVERHEAD, &f)) return DRAIN_OPENED;
+    if (!source_allowed(a->filter, a->filter_len, a->plain)) return DRAIN_OPENED;
+    uint8_t head[VNET_HDR_LEN + 100];
+    struct iovec iov[MAX_ROWS + 1];
+    flow_header(&f, head);
+    iov[0] = (struct iovec){head, VNET_HDR_LEN + f.hlen};
+    for (size_t k = 0; k < rows; k++) {
+        uint8_t *row = a->plain + k * plen;
+        iov[k + 1] = (struct iovec){row + f.hlen, ip_length(row, f.l4) - f.hlen};
+    }
+    if (writev(a->tun_fd, iov, (int)rows + 1) < 0) a->err = errno;
+    *first = c0;
+    *count = rows;
+    return -1;
+}
+
+static int drain_loop(DatagramKeys *self, struct drain_args *a) {
+    union {
+        char buf[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } control;
+    while (a->reads < a->max_reads) {
+        struct iovec iov = {a->rx, a->rx_len};
+        struct msghdr msg = {0};
+        msg.msg_iov = &iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.buf;
+        msg.msg_controllen = sizeof control.buf;
+        ssize_t got = recvmsg(a->fd, &msg, MSG_DONTWAIT);
+        if (got < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK) return DRAIN_EMPTY;
+            if (errno == EINTR) continue;
+            a->err = errno;
+            return DRAIN_RECV_ERROR;
+        }
+        size_t n = (size_t)got, size = 0;
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
+            if (c->cmsg_level == SOL_UDP_ && c->cmsg_type == UDP_GRO_ &&
+                c->cmsg_len >= CMSG_LEN(sizeof(int))) {
+                int gso;
+                memcpy(&gso, CMSG_DATA(c), sizeof gso);
+                size = gso > 0 ? (size_t)gso : 0;
+            }
+        }
+        a->left_nbytes = n;
+        a->left_size = size;
+        uint64_t first;
+        size_t count;
+        if (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) return DRAIN_RAW;
+        if (size == 0 || size >= n) { /* one datagram */
+            if (!drain_lone(self, a, n, &first)) return DRAIN_RAW;
+            count = 1;
+        } else {
+            size_t rows = (n + size - 1) / size, last = n - (rows - 1) * size;
+            /* what runs.open_gro_run takes the general way, and what will not fit */
+            if (size <= OVERHEAD + 16 || last <= OVERHEAD + 16 || size > 65535 ||
+                rows > MAX_ROWS || rows >= IOV_MAX || rows * (size - OVERHEAD) > a->plain_len ||
+                rows * 8 > a->counters_len)
+                return DRAIN_RAW;
+            int status = drain_run(self, a, n, size, &first, &count);
+            if (status >= 0) return status;
+        }
+        memcpy(a->runs + a->reads * 16, &first, 8);
+        uint64_t c = count;
+        memcpy(a->runs + a->reads * 16 + 8, &c, 8);
+        a->reads++;
+        a->rows += count;
+        a->bytes += n;
+        a->top = (int64_t)(first + count - 1);
+        a->left_nbytes = a->left_size = 0;
+        if (a->err) return DRAIN_TUN_ERROR;
+        if (count == 1 && a->reads == 1 && a->lone_ends) return DRAIN_LONE;
+    }
+    return DRAIN_BUDGET;
+}
+
+PyDoc_STRVAR(keys_drain_doc,
+"drain(fd, rx, tun_fd, top, source_filter, plain, counters, runs, max_reads,\n"
+"      lone_ends) -> (status, reads, rows, nbytes, opened, left_nbytes,\n"
+"                     left_size, err)\n\n"
+"Read the UDP socket fd (UDP_GRO on) into rx until it is empty, max_reads reads\n"
+"were taken, or a read is not the common case. A read is taken when it is one\n"
+"datagram holding one deliverable packet, or a GRO run whose rows are one TCP\n"
+"flow in order; in both cases its counters must be consecutive and above `top`\n"
+"(then the highest taken), and its source allowed by source_filter (entries of\n"
+"20 bytes: version, prefix length, 1 for this peer's network or 0 for another's\n"
+"inside it, a pad byte, 16 address bytes; the longest entry holding the source\n"
+"decides). A taken read is written to tun_fd\n"
+"(which takes a virtio-net header) and its first counter and count go to runs\n"
+"(a uint64 array, two per read). status: 0 empty, 1 a read left in rx[:left_nbytes]\n"
+"(GRO size left_size, or 0), 2 the same with its rows opened into plain up to\n"
+"`opened` and their counters in counters, 3 recvmsg failed (errno err), 4 the\n"
+"last taken read's TUN write failed (err), 5 max_reads taken, 6 lone_ends and\n"
+"the first read was one packet, taken. reads, rows, nbytes: what was taken.");
+
+static PyObject *keys_drain(DatagramKeys *self, PyObject *args) {
+    Py_buffer rx = {0}, filter = {0}, plain = {0}, counters = {0}, runs = {0};
+    int fd, tun_fd, lone_ends;
+    long long top;
+    Py_ssize_t max_reads;
+    PyObject *result = NULL;
+    if (!PyArg_ParseTuple(args, "iw*iLy*w*w*w*np", &fd, &rx, &tun_fd, &top, &filter,
+                          &plain, &counters, &runs, &max_reads, &lone_ends))
+        return NULL;
+    if (!keys_ready(self, 0)) goto done;
+    if (fd < 0 || tun_fd < 0 || top < -1 || max_reads < 1 ||
+        (size_t)runs.len < (size_t)max_reads * 16 || filter.len % FILTER_ENTRY != 0 ||
+        rx.len < 1) {
+        PyErr_SetString(PyExc_ValueError, "drain: a descriptor, top or buffer out of range");
+        goto done;
+    }
+    for (Py_ssize_t at = 0; at < filter.len; at += FILTER_ENTRY) {
+        const uint8_t *e = (const uint8_t *)filter.buf + at;
+        if (!((e[0] == 4 && e[1] <= 32) || (e[0] == 6 && e[1] <= 128)) || e[2] > 1) {
+            PyErr_SetString(PyExc_ValueError, "drain: a bad source filter entry");
+            goto done;
+        }
+    }
+    struct drain_args a = {
+        .fd = fd, .tun_fd = tun_fd, .lone_ends = lone_ends,
+        .rx = rx.buf, .rx_len = (size_t)rx.len,
+        .plain = plain.buf, .plain_len = (size_t)plain.len,
+        .counters = counters.buf, .counters_len = (size_t)counters.len,
+        .runs = runs.buf, .max_reads = (size_t)max_reads,
+        .filter = filter.buf, .filter_len = (size_t)filter.len, .top = top,
+    };
+    int status;
+    self->busy = 1;
+    Py_BEGIN_ALLOW_THREADS
+    status = drain_loop(self, &a);
+    Py_END_ALLOW_THREADS
+    self->busy = 0;
+    result = Py_BuildValue("innnnnni", status, (Py_ssize_t)a.reads, (Py_ssize_t)a.rows,
+                           (Py_ssize_t)a.bytes, (Py_ssize_t)a.opened,
+                           (Py_ssize_t)a.left_nbytes, (Py_ssize_t)a.left_size, a.err);
+done:
+    PyBuffer_Release(&rx);
+    PyBuffer_Release(&filter);
+    PyBuffer_Release(&plain);
+    PyBuffer_Release(&counters);
+    PyBuffer_Release(&runs);
+    return result;
+}
+
 static PyMethodDef keys_methods[] = {
     {"seal", (PyCFunction)keys_seal, METH_VARARGS, keys_seal_doc},
     {"open", (PyCFunction)keys_open, METH_VARARGS, keys_open_doc},
+    {"drain", (PyCFunction)keys_drain, METH_VARARGS, keys_drain_doc},
     {NULL, NULL, 0, NULL},
 };
 

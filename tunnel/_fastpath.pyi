@@ -34,3 +34,16 @@ class DatagramKeys:
     ) -> None: ...
     def seal(self, counter: int, packet: Buffer) -> bytes: ...
     def open(self, datagram: Buffer) -> tuple[int, bytes] | None: ...
+    def drain(
+        self,
+        fd: int,
+        rx: bytearray,
+        tun_fd: int,
+        top: int,
+        source_filter: bytes,
+        plain: bytearray,
+        counters: Buffer | np.ndarray,
+        runs: bytearray,
+        max_reads: int,
+        lone_ends: bool,
+    ) -> tuple[int, int, int, int, int, int, int, int]: ...

@@ -79,6 +79,7 @@ class AllowedIPs(Generic[T]):
     def __init__(self) -> None:
         self._v4: _Table[T] = _Table(32)
         self._v6: _Table[T] = _Table(128)
+        self.generation = 0  # moves on every change, for what is derived from us
 
     def insert(self, network: Network | str, value: T) -> None:
         """Map `network` to `value`, replacing the value it had, if any."""
@@ -86,11 +87,13 @@ class AllowedIPs(Generic[T]):
             raise ValueError("None means 'no peer' to a lookup; map a peer")
         net = _parse(network)
         self._table(net).insert(int(net.network_address), net.prefixlen, value)
+        self.generation += 1
 
     def remove(self, value: T) -> None:
         """Drop every network mapped to `value` (the same object)."""
         self._v4.remove(value)
         self._v6.remove(value)
+        self.generation += 1
 
     def lookup(self, addr: bytes) -> T | None:
         """The value of the longest network holding `addr` (4 or 16 raw bytes)."""
@@ -134,6 +137,28 @@ class AllowedIPs(Generic[T]):
             for prefix, length, v in table.networks()
             if v is value
         ]
+
+    def source_filter(self, value: T) -> bytes:
+        """`lookup_src(packet) is value` as a list the native drain can test
+        (tunnel/_fastpath.c): each of value's networks, marked 1, and each
+        network of another value that is more specific and inside one of them,
+        marked 0, as 20 bytes: version, prefix length, mark, 0, the address
+        in 16 bytes. The longest entry holding a source decides: the longest
+        network of all that holds it is then this value's."""
+        out = bytearray()
+        for version, table in ((4, self._v4), (6, self._v6)):
+            entries = table.networks()
+            ours = [(p, n) for p, n, v in entries if v is value]
+            bits = table.address_bits
+            for prefix, length, v in entries:
+                if v is not value and not any(
+                    n < length and prefix >> (length - n) == p for p, n in ours
+                ):
+                    continue
+                address = (prefix << (bits - length)).to_bytes(bits // 8, "big")
+                mark = 1 if v is value else 0
+                out += bytes((version, length, mark, 0)) + address.ljust(16, b"\0")
+        return bytes(out)
 
     def overlaps(self, network: Network | str) -> list[T]:
         """Each value (once) with a network that contains or is in `network`."""

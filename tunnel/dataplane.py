@@ -36,6 +36,7 @@ import select
 import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from . import native, sockets, udpoffload
 from .batch import open_datagrams
@@ -54,9 +55,14 @@ from .offload import (
 )
 from .output import Output
 from .peer import Peer
-from .runs import open_gro_run
+from .runs import open_gro_run, opened_gro_run
 from .sockets import Address, HopSocket, PeerSockets
 from .tun import Tun
+
+if TYPE_CHECKING:
+    from ._fastpath import DatagramKeys
+    from .replay import ReplayWindow
+    from .session import Session
 
 log = logging.getLogger("hopr-tunnel.dataplane")
 
@@ -72,6 +78,9 @@ DEBUG_EVERY_NS = 10**9  # per-packet DEBUG lines: at most one a second
 GRO_SPACE = udpoffload.GRO_CMSG_SPACE
 Bytes = bytes | memoryview
 TUN_RUNS_QUEUED = 4  # superpackets (up to 64 KB each) held before a TUN write
+# What DatagramKeys.drain says (tunnel/_fastpath.c)
+DRAIN_EMPTY, DRAIN_RAW, DRAIN_OPENED, DRAIN_RECV_ERROR, DRAIN_TUN_ERROR = range(5)
+DRAIN_BUDGET, DRAIN_LONE = 5, 6
 
 
 class IOErrors:
@@ -157,6 +166,8 @@ class DataPlane:
         # views of its rows are made once (tunnel/buffers.py).
         self._rx = self.out.buffers.keep(bytearray(RECV_BUFFER))
         self._rx_views = [memoryview(self._rx)]
+        # (first counter, count) of each read a native drain took
+        self._drained = bytearray(16 * IO_BATCH)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -366,6 +377,10 @@ class DataPlane:
         for the next wakeup if it holds more (see _send_lone)."""
         sock, dgrams, out, rx = hop.sock, self._dgrams, self.out, self._rx_views
         gro, superpackets = self.offloads.gro, self.tun.vnet_hdr
+        if gro and superpackets:
+            settled = peer.drain_keys(hop.epochs, now_ns)
+            if settled is not None:
+                return self._drain_native(peer, hop, now_ns, alone, settled)
         for i in range(IO_BATCH):
             try:
                 if gro:  # a run of datagrams of one size, laid end to end
@@ -403,6 +418,76 @@ class DataPlane:
             if self.out.drop is not None:
                 self._debug_drop(peer, self.out.drop, now_ns)
         return False
+
+    def _drain_native(
+        self,
+        peer: Peer,
+        hop: HopSocket,
+        now_ns: int,
+        alone: bool,
+        settled: tuple[Session, int, ReplayWindow, DatagramKeys, bytes],
+    ) -> bool:
+        """_drain for a settled session (Peer.drain_keys), in native code: each
+        read that is the common case (a bulk TCP run, or one deliverable packet,
+        fresh and in order) goes from the socket to the TUN inside one call
+        (DatagramKeys.drain). The first read that is not comes back still in the
+        receive buffer, opened if it opened, and takes the Python way above;
+        then, if nothing changed, the native drain goes on. Same answer as
+        _drain."""
+        out, rx, fd, tun_fd = self.out, self._rx, hop.sock.fileno(), self.tun.fd
+        if out.tun or out.tun_gso:
+            self.flush(out)  # another socket's, this wakeup: written in order
+        plain = out.buffers.plain_buffer(RECV_BUFFER)
+        opened_counters, drained = out.buffers.opened, self._drained
+        budget, first = IO_BATCH, True
+        while True:
+            session, epoch, window, keys, sources = settled
+            status, reads, rows, nbytes, opened, left, size, err = keys.drain(
+                fd, rx, tun_fd, window.highest, sources, plain, opened_counters,
+                drained, budget, alone and first,
+            )  # fmt: skip
+            if reads:
+                for at in range(0, 16 * reads, 16):
+                    session.accept_run(
+                        epoch,
+                        int.from_bytes(drained[at : at + 8], "little"),
+                        int.from_bytes(drained[at + 8 : at + 16], "little"),
+                    )
+                peer.drained(session, rows, nbytes, now_ns)
+                budget -= reads
+            if status == DRAIN_LONE:
+                return True
+            if status in (DRAIN_EMPTY, DRAIN_BUDGET):
+                return False
+            if status == DRAIN_TUN_ERROR:
+                self.tun_errors.count("write", OSError(err, os.strerror(err)))
+            elif status == DRAIN_RECV_ERROR:
+                exc = OSError(err, os.strerror(err))
+                self.peer_errors[peer.name].count("recv", exc)
+                budget -= 1
+            else:  # a read for the Python way
+                budget -= 1
+                if status == DRAIN_OPENED:
+                    opened_gro_run(peer, rx, left, size, session, hop.epochs, opened,
+                                   plain, now_ns, out, True)  # fmt: skip
+                elif size and size < left:
+                    open_gro_run(peer, rx, size, hop.epochs, now_ns, out, True, left)
+                else:
+                    one = memoryview(rx)[:left]
+                    lone = first and alone
+                    if not (lone and self._write_lone(peer, hop, one, now_ns)):
+                        open_datagrams(peer, [bytes(one)], hop.epochs, now_ns, out)
+                if out.drop is not None:
+                    self._debug_drop(peer, out.drop, now_ns)
+                if out.tun or out.tun_gso:
+                    self.flush(out)  # before the drain writes more to the TUN
+            first = False
+            if budget <= 0:
+                return False
+            again = peer.drain_keys(hop.epochs, now_ns)
+            if again is None:  # what the Python way did changed the session
+                return False
+            settled = again
 
     def _write_lone(
         self, peer: Peer, hop: HopSocket, dgram: Bytes, now_ns: int

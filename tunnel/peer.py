@@ -40,7 +40,9 @@ from .schedule import PairSchedule
 from .session import Ephemeral, Ephemerals, SendStepBack, Session
 
 if TYPE_CHECKING:
+    from ._fastpath import DatagramKeys
     from .allowedips import AllowedIPs
+    from .replay import ReplayWindow
 
 NO_KEY = bytes(KEY_LEN)
 MS = 1_000_000
@@ -89,6 +91,8 @@ class Peer:
         self.last_unknown_ns = -UNKNOWN_SESSION_HELLO_NS
         self.session_since_ns: int | None = None
         self.rx_session: Session | None = None  # the last to open data
+        # routes.source_filter(self) and the routes generation it was made at
+        self._source_filter: tuple[int, bytes] | None = None
         self.stats = PeerStats()
 
     # -- inputs --
@@ -345,17 +349,10 @@ class Peer:
     ) -> bytes | None:
         """The inner packet of a data datagram that opens under the session the
         peer seals with, is fresh and may be delivered; None: use on_datagram."""
-        session = self.rx_session
-        if session is None or session is not self.sealing or len(epochs) != 1:
+        settled = self._settled(epochs, now_ns)
+        if settled is None or len(dgram) < MIN_DATAGRAM:
             return None
-        epoch = epochs[0]
-        window = session.windows.get(epoch)
-        if window is None or epoch != session.recv_epoch or len(dgram) < MIN_DATAGRAM:
-            return None
-        if session not in self.sessions[-MAX_SESSIONS_TRIED:]:
-            return None  # on_datagram would not try it
-        if abs(epoch - self.schedule.epoch_at(now_ns // MS)) > 1:
-            return None
+        session, epoch, window = settled
         schedule = self.schedule
         lone = schedule.recv_lone(epoch, session.secret)
         plaintext: bytes | None
@@ -381,6 +378,56 @@ class Peer:
         stats.last_rx_ns = now_ns
         session.last_data_ns = now_ns
         return plaintext[:length]
+
+    def _settled(
+        self, epochs: tuple[int, ...], now_ns: int
+    ) -> tuple[Session, int, ReplayWindow] | None:
+        """The session, epoch and replay window a hop socket's data opens under
+        when nothing is changing: one epoch, in use and current, under the
+        session the peer seals with, which has opened data in it before. The
+        short ways (open_one, drain_keys) take only that case; anything else
+        needs on_datagram's rules."""
+        session = self.rx_session
+        if session is None or session is not self.sealing or len(epochs) != 1:
+            return None
+        epoch = epochs[0]
+        window = session.windows.get(epoch)
+        if window is None or epoch != session.recv_epoch:
+            return None
+        if session not in self.sessions[-MAX_SESSIONS_TRIED:]:
+            return None  # on_datagram would not try it
+        if abs(epoch - self.schedule.epoch_at(now_ns // MS)) > 1:
+            return None
+        return session, epoch, window
+
+    def drain_keys(
+        self, epochs: tuple[int, ...], now_ns: int
+    ) -> tuple[Session, int, ReplayWindow, DatagramKeys, bytes] | None:
+        """What DataPlane needs to drain a hop socket natively
+        (DatagramKeys.drain): the settled session, epoch and replay window,
+        the keys that open its data, and the filter of the sources this peer
+        may send from. None: not settled, or no native part."""
+        settled = self._settled(epochs, now_ns)
+        if settled is None:
+            return None
+        session, epoch, window = settled
+        keys = self.schedule.recv_lone(epoch, session.secret)
+        if keys is None:
+            return None
+        cached = self._source_filter
+        if cached is None or cached[0] != self.routes.generation:
+            cached = (self.routes.generation, self.routes.source_filter(self))
+            self._source_filter = cached
+        return session, epoch, window, keys, cached[1]
+
+    def drained(self, session: Session, count: int, size: int, now_ns: int) -> None:
+        """`count` datagrams of `size` bytes in all, taken by a native drain:
+        counted as open_one counts its one."""
+        stats = self.stats
+        stats.rx_bytes += size
+        stats.rx_datagrams += count
+        stats.last_rx_ns = now_ns
+        session.last_data_ns = now_ns
 
     def _data_in(
         self, dgram: Buffer, counter: int, epoch: int, now_ns: int, out: Output

@@ -106,12 +106,8 @@ def open_gro_run(
             schedule.recv_data_key(epoch, session.secret),
             schedule.keys(epoch).recv_hp_key, plain, bufs.opened,
         )  # fmt: skip
-        numbers = bufs.opened[:opened].tolist()
-        last = last if opened == rows else size  # did the shorter one open?
-        _opened_rows(peer, session, epoch, numbers, plain, plen, last, size, now_ns,
-                     out, superpackets)  # fmt: skip
-        if opened < rows:  # a hello, another session, or forged: the general way
-            _general(peer, view, size, opened, epochs, now_ns, out)
+        opened_gro_run(peer, buf, nbytes, size, session, epochs, opened, plain, now_ns,
+                       out, superpackets)  # fmt: skip
         return
     grid = np.frombuffer(buf, np.uint8, full * size).reshape(full, size)
     samples = grid[:, 8:24].tobytes()
@@ -147,6 +143,36 @@ def open_gro_run(
                  out, superpackets)  # fmt: skip
     if opened < rows:  # another session, or forged: the general way
         _general(peer, view, size, opened, epochs, now_ns, out)
+
+
+def opened_gro_run(
+    peer: Peer,
+    buf: bytes | bytearray,
+    nbytes: int,
+    size: int,
+    session: Session,
+    epochs: tuple[int, ...],
+    opened: int,
+    plain: bytearray,
+    now_ns: int,
+    out: Output,
+    superpackets: bool,
+) -> None:
+    """The rest of open_gro_run once the native part opened the rows of
+    buf[:nbytes] under `session` in epochs[0] up to `opened`, their plaintexts
+    in plain and their counters in out.buffers.opened: replay window, checks,
+    delivery; rows from `opened` on (a hello, another session's, forged) each
+    the general way. DataPlane's native drain ends here too, for a read it
+    opened but did not take."""
+    full = nbytes // size
+    last = nbytes - full * size or size  # the last datagram's size
+    rows = full if last == size else full + 1
+    numbers = out.buffers.opened[:opened].tolist()
+    last = last if opened == rows else size  # did the shorter one open?
+    _opened_rows(peer, session, epochs[0], numbers, plain, size - _OVERHEAD, last, size,
+                 now_ns, out, superpackets)  # fmt: skip
+    if opened < rows:
+        _general(peer, memoryview(buf)[:nbytes], size, opened, epochs, now_ns, out)
 
 
 def _general(
