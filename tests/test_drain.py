@@ -218,11 +218,43 @@ def test_a_source_of_another_peer_is_left_for_python(lab: Lab) -> None:
     assert len(lab.written()) == 1
 
 
-def test_a_udp_run_is_never_merged(lab: Lab) -> None:
+def test_a_udp_run_is_written_packet_by_packet_never_merged(lab: Lab) -> None:
     packets = [ipv4_udp(bytes([i]) * 1380) for i in range(8)]
     lab.send_run([lab.seal(1 + i, p) for i, p in enumerate(packets)])
-    status, reads, *_ = lab.drain()
-    assert (status, reads) == (OPENED, 0)
+    assert lab.drain()[:3] == (EMPTY, 1, 8)
+    assert lab.written() == [ZERO_VNET + p for p in packets]
+
+
+def test_a_run_of_pure_acks_is_written_packet_by_packet(lab: Lab) -> None:
+    ack = segments(True, 2, mss=1, last=1)[0]
+    acks = [ack[:52] for _ in range(30)]  # the header alone: no payload
+    for i, a in enumerate(acks):
+        acks[i] = a[:2] + (52).to_bytes(2, "big") + a[4:]
+    lab.send_run([lab.seal(1 + i, a) for i, a in enumerate(acks)])
+    assert lab.drain()[:3] == (EMPTY, 1, 30)
+    assert lab.written() == [ZERO_VNET + a for a in acks]
+
+
+def with_ports(packets: list[bytes], sport: int) -> list[bytes]:
+    """The same segments as another flow (IPv4, no IP options)."""
+    return [p[:20] + sport.to_bytes(2, "big") + p[22:] for p in packets]
+
+
+def test_stretches_of_flows_are_one_superpacket_each(lab: Lab) -> None:
+    one, two = segments(True, 10), with_ports(segments(True, 6, last=500), 40001)
+    lone = ipv4_udp(b"between".ljust(1392))  # a full row: only the last is shorter
+    rows = one + [lone] + two
+    lab.send_run([lab.seal(1 + i, p) for i, p in enumerate(rows)])
+    assert lab.drain()[:3] == (EMPTY, 1, 17)
+    assert lab.written() == [reference(one), ZERO_VNET + lone, reference(two)]
+
+
+def test_a_run_with_a_row_python_drops_is_left_for_python(lab: Lab) -> None:
+    rows = [ipv4_udp(b"x" * 600) for _ in range(5)]
+    rows[2] = ipv4_udp(b"x" * 600, src="100.64.0.200")  # another peer's source
+    lab.send_run([lab.seal(1 + i, p) for i, p in enumerate(rows)])
+    status, reads, _, _, opened, *_ = lab.drain()
+    assert (status, reads, opened) == (OPENED, 0, 5)
     assert lab.written() == []
 
 

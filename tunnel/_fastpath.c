@@ -741,38 +741,75 @@ struct drain_args {
 
 static const uint8_t zero_vnet[VNET_HDR_LEN];
 
+/* The length of the whole IP packet at p, in room bytes of plaintext, or 0 if it
+ * may not be delivered (a keepalive, a control message, cut short): what
+ * Peer._deliverable asks before the source. */
+static size_t deliverable(const uint8_t *p, size_t room) {
+    size_t length;
+    if (room >= 20 && p[0] >> 4 == 4)
+        length = get16(p + 2);
+    else if (room >= 40 && p[0] >> 4 == 6)
+        length = get16(p + 4) + 40;
+    else
+        return 0;
+    return length >= 20 && length <= room ? length : 0;
+}
+
+/* One packet to the TUN behind a zero virtio-net header; the first error kept. */
+static void write_one(struct drain_args *a, const uint8_t *packet, size_t length) {
+    struct iovec iov[2] = {{(void *)zero_vnet, VNET_HDR_LEN}, {(void *)packet, length}};
+    if (writev(a->tun_fd, iov, 2) < 0 && !a->err) a->err = errno;
+}
+
+/* The rows of a checked flow to the TUN as one superpacket: its header from a
+ * scratch buffer, each row's payload where it was opened. */
+static void write_flow(struct drain_args *a, const struct flow *f) {
+    uint8_t head[VNET_HDR_LEN + 100];
+    struct iovec iov[MAX_ROWS + 1];
+    flow_header(f, head);
+    iov[0] = (struct iovec){head, VNET_HDR_LEN + f->hlen};
+    for (size_t k = 0; k < f->n; k++) {
+        const uint8_t *row = f->row0 + k * f->plen;
+        iov[k + 1] = (struct iovec){(void *)(row + f->hlen), ip_length(row, f->l4) - f->hlen};
+    }
+    if (writev(a->tun_fd, iov, (int)f->n + 1) < 0 && !a->err) a->err = errno;
+}
+
+/* Whether two rows belong to one stretch (runs._deliver_flow's flow columns:
+ * destination and ports). */
+static int same_flow(const uint8_t *x, const uint8_t *y) {
+    if (x[0] >> 4 != y[0] >> 4) return 0;
+    return x[0] >> 4 == 4 ? memcmp(x + 16, y + 16, 8) == 0 : memcmp(x + 24, y + 24, 20) == 0;
+}
+
 /* One packet in a datagram of n bytes at rx: opened and written if it may be. */
 static int drain_lone(DatagramKeys *self, struct drain_args *a, size_t n,
                       uint64_t *counter) {
     if (n <= OVERHEAD || n - OVERHEAD > a->plain_len) return 0;
     if (open_datagram(self->aead, self->ecb, a->rx, n, a->plain, counter) != 1) return 0;
     if ((int64_t)*counter <= a->top) return 0;
-    size_t plen = n - OVERHEAD, length;
-    const uint8_t *p = a->plain;
-    if (p[0] >> 4 == 4 && plen >= 20)
-        length = get16(p + 2);
-    else if (p[0] >> 4 == 6 && plen >= 40)
-        length = get16(p + 4) + 40;
-    else
-        return 0; /* a keepalive, a control message, too short */
-    if (length < 20 || length > plen) return 0;
-    if (!source_allowed(a->filter, a->filter_len, p)) return 0;
-    struct iovec iov[2] = {{(void *)zero_vnet, VNET_HDR_LEN}, {a->plain, length}};
-    if (writev(a->tun_fd, iov, 2) < 0) a->err = errno;
+    size_t length = deliverable(a->plain, n - OVERHEAD);
+    if (length == 0 || !source_allowed(a->filter, a->filter_len, a->plain)) return 0;
+    write_one(a, a->plain, length);
     return 1;
 }
 
 /* A GRO read of rows of `size` bytes: DRAIN_OPENED with a->opened set, unless
- * taken (then -1, or DRAIN_TUN_ERROR). */
+ * taken (then -1). Taken: every row opened, their counters consecutive and
+ * above the window, every row a whole packet from this peer. The run is then
+ * delivered as runs._deliver_flow would: each stretch of rows of one TCP flow
+ * in order as one superpacket, anything else (a lone ACK, UDP) packet by packet,
+ * never merged. */
 static int drain_run(DatagramKeys *self, struct drain_args *a, size_t n, size_t size,
                      uint64_t *first, size_t *count) {
     size_t rows = (n + size - 1) / size, plen = size - OVERHEAD, i = 0;
-    size_t last = n - (rows - 1) * size;
+    size_t last_plen = n - (rows - 1) * size - OVERHEAD;
+    uint8_t *plain = a->plain;
     uint64_t c0 = 0;
     for (size_t at = 0; at < n; at += size, i++) {
         uint64_t counter;
         size_t dlen = n - at < size ? n - at : size;
-        if (open_datagram(self->aead, self->ecb, a->rx + at, dlen, a->plain + i * plen,
+        if (open_datagram(self->aead, self->ecb, a->rx + at, dlen, plain + i * plen,
                           &counter) != 1)
             break;
         memcpy(a->counters + i * 8, &counter, 8);
@@ -786,17 +823,30 @@ static int drain_run(DatagramKeys *self, struct drain_args *a, size_t n, size_t 
         if (counter != c0 + k) return DRAIN_OPENED;
     }
     struct flow f;
-    if (!flow_check(a->plain, plen, 0, rows, last - OVERHEAD, &f)) return DRAIN_OPENED;
-    if (!source_allowed(a->filter, a->filter_len, a->plain)) return DRAIN_OPENED;
-    uint8_t head[VNET_HDR_LEN + 100];
-    struct iovec iov[MAX_ROWS + 1];
-    flow_header(&f, head);
-    iov[0] = (struct iovec){head, VNET_HDR_LEN + f.hlen};
-    for (size_t k = 0; k < rows; k++) {
-        uint8_t *row = a->plain + k * plen;
-        iov[k + 1] = (struct iovec){row + f.hlen, ip_length(row, f.l4) - f.hlen};
+    if (flow_check(plain, plen, 0, rows, last_plen, &f)) { /* the bulk case */
+        if (!source_allowed(a->filter, a->filter_len, plain)) return DRAIN_OPENED;
+        write_flow(a, &f);
+    } else {
+        for (size_t k = 0; k < rows; k++) {
+            const uint8_t *row = plain + k * plen;
+            if (!deliverable(row, k + 1 == rows ? last_plen : plen) ||
+                !source_allowed(a->filter, a->filter_len, row))
+                return DRAIN_OPENED; /* Python drops it, and says why */
+        }
+        for (size_t start = 0, end; start < rows; start = end) {
+            for (end = start + 1; end < rows; end++)
+                if (!same_flow(plain + start * plen, plain + end * plen)) break;
+            if (end - start > 1 &&
+                flow_check(plain, plen, start, end, end == rows ? last_plen : plen, &f)) {
+                write_flow(a, &f);
+                continue;
+            }
+            for (size_t k = start; k < end; k++) {
+                const uint8_t *row = plain + k * plen;
+                write_one(a, row, deliverable(row, k + 1 == rows ? last_plen : plen));
+            }
+        }
     }
-    if (writev(a->tun_fd, iov, (int)rows + 1) < 0) a->err = errno;
     *first = c0;
     *count = rows;
     return -1;
