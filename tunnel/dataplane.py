@@ -166,8 +166,10 @@ class DataPlane:
         # views of its rows are made once (tunnel/buffers.py).
         self._rx = self.out.buffers.keep(bytearray(RECV_BUFFER))
         self._rx_views = [memoryview(self._rx)]
-        # (first counter, count) of each read a native drain took
+        # (first counter, count) of each read a native drain took, and the
+        # plaintext buffer it opens into (made at full size: never replaced)
         self._drained = bytearray(16 * IO_BATCH)
+        self._plain = self.out.buffers.plain_buffer(RECV_BUFFER)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -363,13 +365,15 @@ class DataPlane:
         for fd, _events in ready:
             found = hops.get(fd)
             if found is not None:
-                lone = self._drain(found[0], found[1], now_ns, len(ready) == 1)
+                lone = self._drain(found[0], found[1], fd, now_ns, len(ready) == 1)
                 if lone:  # one datagram, delivered the short way: nothing queued
                     return
         self.flush(self.out)
         self._arm(self.node.next_deadline_ns(now_ns))
 
-    def _drain(self, peer: Peer, hop: HopSocket, now_ns: int, alone: bool) -> bool:
+    def _drain(
+        self, peer: Peer, hop: HopSocket, fd: int, now_ns: int, alone: bool
+    ) -> bool:
         """Read what the socket holds, then open it as one run (tunnel/batch.py).
 
         True: the first read was one datagram that Peer.open_one opened, written
@@ -380,7 +384,7 @@ class DataPlane:
         if gro and superpackets:
             settled = peer.drain_keys(hop.epochs, now_ns)
             if settled is not None:
-                return self._drain_native(peer, hop, now_ns, alone, settled)
+                return self._drain_native(peer, hop, fd, now_ns, alone, settled)
         for i in range(IO_BATCH):
             try:
                 if gro:  # a run of datagrams of one size, laid end to end
@@ -423,6 +427,7 @@ class DataPlane:
         self,
         peer: Peer,
         hop: HopSocket,
+        fd: int,
         now_ns: int,
         alone: bool,
         settled: tuple[Session, int, ReplayWindow, DatagramKeys, bytes],
@@ -434,10 +439,9 @@ class DataPlane:
         receive buffer, opened if it opened, and takes the Python way above;
         then, if nothing changed, the native drain goes on. Same answer as
         _drain."""
-        out, rx, fd, tun_fd = self.out, self._rx, hop.sock.fileno(), self.tun.fd
+        out, rx, plain, tun_fd = self.out, self._rx, self._plain, self.tun.fd
         if out.tun or out.tun_gso:
             self.flush(out)  # another socket's, this wakeup: written in order
-        plain = out.buffers.plain_buffer(RECV_BUFFER)
         opened_counters, drained = out.buffers.opened, self._drained
         budget, first = IO_BATCH, True
         while True:
