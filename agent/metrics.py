@@ -56,6 +56,12 @@ def _interface_samples(status: dict[str, Any]) -> Iterator[Sample]:
         "start_time_seconds", "when the agent started, Unix time", iface,
         status["started_unix_ms"] / 1000,
     )  # fmt: skip
+    if "native_rx_datagrams" in status:  # agents before 2026-12-04 did not say
+        yield _counter(
+            "native_rx_datagrams_total",
+            "datagrams received and written to the TUN in native code", iface,
+            status["native_rx_datagrams"],
+        )  # fmt: skip
     for reason, count in sorted(status["drops"].items()):
         yield _counter(
             "interface_drops_total", "packets from the TUN dropped, by reason",

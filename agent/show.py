@@ -69,6 +69,7 @@ def interface_status(
         "cipher": CIPHER_NAMES.get(i.cipher_id, str(i.cipher_id)),
         "mtu": i.mtu,
         "data_path": plane.offloads.describe(),
+        "native_rx_datagrams": plane.native_rx,
         "addresses": [str(a) for a in i.addresses],
         "unix_ms": now_ns // MS,
         "started_unix_ms": started_ns // MS,
@@ -160,6 +161,10 @@ def render(status: dict[str, Any]) -> list[str]:
     ]
     if status.get("data_path"):  # agents before 2026-12 did not say
         lines.append(f"  data path: {status['data_path']}")
+    if status.get("native_rx_datagrams"):
+        lines.append(
+            f"  received in native code: {status['native_rx_datagrams']} datagrams"
+        )
     if status["drops"]:
         lines.append(f"  drops: {_counts(status['drops'])}")
     for peer in status["peers"]:

@@ -44,6 +44,7 @@ def status(**changes: Any) -> dict[str, Any]:
         "unix_ms": 1_796_365_559_141,
         "started_unix_ms": 1_796_365_500_000,
         "drops": {"no_route": 5},
+        "native_rx_datagrams": 4096,
         "peers": [peer],
     }
 
@@ -78,6 +79,20 @@ def test_drops_are_counted_by_reason() -> None:
     assert got["hopr_tunnel_peer_drops_total", peer_labels(reason="auth")] == 2
     iface = frozenset({"interface": "hopr0", "reason": "no_route"}.items())
     assert got["hopr_tunnel_interface_drops_total", iface] == 5
+
+
+def test_datagrams_received_natively_are_a_counter_when_the_agent_says() -> None:
+    iface = frozenset({"interface": "hopr0"}.items())
+    assert (
+        samples(render([status()]))["hopr_tunnel_native_rx_datagrams_total", iface]
+        == 4096
+    )
+    older = status()
+    del older["native_rx_datagrams"]
+    assert not any(
+        name == "hopr_tunnel_native_rx_datagrams_total"
+        for name, _ in samples(render([older]))
+    )
 
 
 def test_times_are_seconds_and_instants_are_unix_time() -> None:

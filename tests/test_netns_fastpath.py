@@ -199,6 +199,10 @@ def test_native_and_python_agents_carry_each_others_tcp_with_loss() -> None:
         (python_line,) = data_path_lines(lab, b)
         assert "runs sealed and opened in native code" in native_line, native_line
         assert "in Python (HOPR_TUNNEL_NATIVE=0)" in python_line, python_line
+        # a's receiving went through the native drain, b's could not
+        ((native,), (python,)) = (lab.show(h)["interfaces"] for h in (a, b))
+        assert native["native_rx_datagrams"] > FLOW_BYTES // 1500
+        assert python["native_rx_datagrams"] == 0
 
 
 def assert_loss_happened(lab: Lab, percent: int) -> None:

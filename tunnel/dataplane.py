@@ -170,6 +170,7 @@ class DataPlane:
         # plaintext buffer it opens into (made at full size: never replaced)
         self._drained = bytearray(16 * IO_BATCH)
         self._plain = self.out.buffers.plain_buffer(RECV_BUFFER)
+        self.native_rx = 0  # datagrams the native drain took, for `show`
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -458,6 +459,7 @@ class DataPlane:
                         int.from_bytes(drained[at + 8 : at + 16], "little"),
                     )
                 peer.drained(session, rows, nbytes, now_ns)
+                self.native_rx += rows
                 budget -= reads
             if status == DRAIN_LONE:
                 return True
