@@ -12,7 +12,7 @@
  *   DatagramKeys  one direction's keys, set up once, to seal or open the lone
  *             datagram of an idle tunnel with the least work, and (drain) to
  *             carry a hop socket's reads to the TUN while they are the common
- *             case: a bulk TCP run in order, or one packet.
+ *             case: fresh, in order, every row a whole packet from this peer.
  *
  * The wire format is docs/protocol.md's: header = u64 counter XOR the first 8 bytes
  * of AES-128-ECB(hp_key, datagram[8:24]); nonce = 4 zero bytes || u64 counter; the
@@ -355,23 +355,31 @@ done:
 
 /* -- open_run ------------------------------------------------------------------- */
 
-static size_t open_rows(const uint8_t *buf, size_t nbytes, size_t size,
-                        const EVP_CIPHER *cipher, const uint8_t *key,
-                        const uint8_t *hp_key, uint8_t *plain, uint8_t *counters) {
-    EVP_CIPHER_CTX *aead = EVP_CIPHER_CTX_new();
-    EVP_CIPHER_CTX *ecb = hp_context(hp_key);
+/* Unmask and open the rows of buf[:nbytes] (each `size` bytes but the last) with
+ * contexts already keyed, into plain (rows of size - OVERHEAD) and their counters
+ * (u64, any alignment), up to the first that does not open. Returns how many did. */
+static size_t open_each(EVP_CIPHER_CTX *aead, EVP_CIPHER_CTX *ecb, const uint8_t *buf,
+                        size_t nbytes, size_t size, uint8_t *plain, uint8_t *counters) {
     size_t plen = size - OVERHEAD, i = 0;
-    if (aead == NULL || ecb == NULL || !EVP_DecryptInit_ex(aead, cipher, NULL, key, NULL))
-        goto done;
     for (size_t at = 0; at < nbytes; at += size, i++) {
         size_t dlen = nbytes - at < size ? nbytes - at : size;
         if (dlen < OVERHEAD + SAMPLE_LEN) break;
         uint64_t counter;
         /* a hello, a forgery, another key's: the caller's general way */
         if (open_datagram(aead, ecb, buf + at, dlen, plain + i * plen, &counter) != 1) break;
-        memcpy(counters + i * 8, &counter, 8); /* any alignment */
+        memcpy(counters + i * 8, &counter, 8);
     }
-done:
+    return i;
+}
+
+static size_t open_rows(const uint8_t *buf, size_t nbytes, size_t size,
+                        const EVP_CIPHER *cipher, const uint8_t *key,
+                        const uint8_t *hp_key, uint8_t *plain, uint8_t *counters) {
+    EVP_CIPHER_CTX *aead = EVP_CIPHER_CTX_new();
+    EVP_CIPHER_CTX *ecb = hp_context(hp_key);
+    size_t i = 0;
+    if (aead != NULL && ecb != NULL && EVP_DecryptInit_ex(aead, cipher, NULL, key, NULL))
+        i = open_each(aead, ecb, buf, nbytes, size, plain, counters);
     EVP_CIPHER_CTX_free(aead);
     EVP_CIPHER_CTX_free(ecb);
     return i;
@@ -822,21 +830,14 @@ static int drain_lone(DatagramKeys *self, struct drain_args *a, size_t n,
  * never merged. */
 static int drain_run(DatagramKeys *self, struct drain_args *a, size_t n, size_t size,
                      uint64_t *first, size_t *count) {
-    size_t rows = (n + size - 1) / size, plen = size - OVERHEAD, i = 0;
+    size_t rows = (n + size - 1) / size, plen = size - OVERHEAD;
     size_t last_plen = n - (rows - 1) * size - OVERHEAD;
     uint8_t *plain = a->plain;
-    uint64_t c0 = 0;
-    for (size_t at = 0; at < n; at += size, i++) {
-        uint64_t counter;
-        size_t dlen = n - at < size ? n - at : size;
-        if (open_datagram(self->aead, self->ecb, a->rx + at, dlen, plain + i * plen,
-                          &counter) != 1)
-            break;
-        memcpy(a->counters + i * 8, &counter, 8);
-        if (i == 0) c0 = counter;
-    }
-    a->opened = i;
-    if (i < rows || (int64_t)c0 <= a->top) return DRAIN_OPENED;
+    uint64_t c0;
+    a->opened = open_each(self->aead, self->ecb, a->rx, n, size, plain, a->counters);
+    if (a->opened < rows) return DRAIN_OPENED;
+    memcpy(&c0, a->counters, 8);
+    if ((int64_t)c0 <= a->top) return DRAIN_OPENED;
     for (size_t k = 1; k < rows; k++) {
         uint64_t counter;
         memcpy(&counter, a->counters + k * 8, 8);
@@ -937,14 +938,16 @@ PyDoc_STRVAR(keys_drain_doc,
 "      lone_ends) -> (status, reads, rows, nbytes, opened, left_nbytes,\n"
 "                     left_size, err)\n\n"
 "Read the UDP socket fd (UDP_GRO on) into rx until it is empty, max_reads reads\n"
-"were taken, or a read is not the common case. A read is taken when it is one\n"
-"datagram holding one deliverable packet, or a GRO run whose rows are one TCP\n"
-"flow in order; in both cases its counters must be consecutive and above `top`\n"
-"(then the highest taken), and its source allowed by source_filter (entries of\n"
+"were taken, or a read is not the common case. A read is taken when each of\n"
+"its datagrams (one, or a GRO run) opens and holds one whole IP packet, their\n"
+"counters are consecutive and above `top` (then the highest taken), and every\n"
+"source is allowed by source_filter (entries of\n"
 "20 bytes: version, prefix length, 1 for this peer's network or 0 for another's\n"
 "inside it, a pad byte, 16 address bytes; the longest entry holding the source\n"
-"decides). A taken read is written to tun_fd\n"
-"(which takes a virtio-net header) and its first counter and count go to runs\n"
+"decides). A taken read is written to tun_fd (which takes a virtio-net\n"
+"header) as runs._deliver_flow would: each stretch of one TCP flow in order as\n"
+"one superpacket, anything else packet by packet, never merged. Its first\n"
+"counter and count go to runs\n"
 "(a uint64 array, two per read). status: 0 empty, 1 a read left in rx[:left_nbytes]\n"
 "(GRO size left_size, or 0), 2 the same with its rows opened into plain up to\n"
 "`opened` and their counters in counters, 3 recvmsg failed (errno err), 4 the\n"

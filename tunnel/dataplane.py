@@ -380,12 +380,12 @@ class DataPlane:
         True: the first read was one datagram that Peer.open_one opened, written
         to the TUN at once, and the socket (`alone`, the only one ready) is left
         for the next wakeup if it holds more (see _send_lone)."""
-        sock, dgrams, out, rx = hop.sock, self._dgrams, self.out, self._rx_views
         gro, superpackets = self.offloads.gro, self.tun.vnet_hdr
         if gro and superpackets:
             settled = peer.drain_keys(hop.epochs, now_ns)
             if settled is not None:
                 return self._drain_native(peer, hop, fd, now_ns, alone, settled)
+        sock, dgrams, out, rx = hop.sock, self._dgrams, self.out, self._rx_views
         for i in range(IO_BATCH):
             try:
                 if gro:  # a run of datagrams of one size, laid end to end
@@ -434,8 +434,8 @@ class DataPlane:
         settled: tuple[Session, int, ReplayWindow, DatagramKeys, bytes],
     ) -> bool:
         """_drain for a settled session (Peer.drain_keys), in native code: each
-        read that is the common case (a bulk TCP run, or one deliverable packet,
-        fresh and in order) goes from the socket to the TUN inside one call
+        read that is the common case (fresh, in order, every datagram one whole
+        packet from this peer) goes from the socket to the TUN inside one call
         (DatagramKeys.drain). The first read that is not comes back still in the
         receive buffer, opened if it opened, and takes the Python way above;
         then, if nothing changed, the native drain goes on. Same answer as
@@ -458,7 +458,7 @@ class DataPlane:
                         int.from_bytes(drained[at : at + 8], "little"),
                         int.from_bytes(drained[at + 8 : at + 16], "little"),
                     )
-                peer.drained(session, rows, nbytes, now_ns)
+                peer.count_rx(session, rows, nbytes, now_ns)
                 self.native_rx += rows
                 budget -= reads
             if status == DRAIN_LONE:

@@ -372,11 +372,7 @@ class Peer:
         length = self._deliverable(plaintext)
         if isinstance(length, str) or not window.accept(h):
             return None
-        stats = self.stats
-        stats.rx_bytes += len(dgram)
-        stats.rx_datagrams += 1
-        stats.last_rx_ns = now_ns
-        session.last_data_ns = now_ns
+        self.count_rx(session, 1, len(dgram), now_ns)
         return plaintext[:length]
 
     def _settled(
@@ -420,9 +416,9 @@ class Peer:
             self._source_filter = cached
         return session, epoch, window, keys, cached[1]
 
-    def drained(self, session: Session, count: int, size: int, now_ns: int) -> None:
-        """`count` datagrams of `size` bytes in all, taken by a native drain:
-        counted as open_one counts its one."""
+    def count_rx(self, session: Session, count: int, size: int, now_ns: int) -> None:
+        """`count` data datagrams of `size` bytes in all, opened under `session`
+        and delivered the short way (open_one, or a native drain)."""
         stats = self.stats
         stats.rx_bytes += size
         stats.rx_datagrams += count
